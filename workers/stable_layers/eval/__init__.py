@@ -1,0 +1,1 @@
+"""Evaluation: the LayerD protocol on Crello and the Stable-Layers layer-quality metrics."""

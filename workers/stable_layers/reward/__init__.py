@@ -1,0 +1,1 @@
+"""Reward backends behind one interface (`base.RewardScorer`)."""

@@ -1,0 +1,74 @@
+"""The reward interface the trainer calls.
+
+A reward scores one *group*: the G candidate decompositions of one input image. Scoring a whole
+group at once is what lets the VLM reward run its grid calibration (stage 2), and lets remote
+backends send the group's stage-1 requests concurrently. Scorers are async so the trainer can score
+group k while it samples group k+1 (`score_group` is awaited on a background event loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Candidate:
+    """One candidate decomposition: L RGBA uint8 H×W×4 layers, back to front."""
+
+    layers: list[np.ndarray]
+
+
+@dataclass
+class Group:
+    """The G candidates of one input image."""
+
+    image_id: str
+    image: np.ndarray  # the input, H×W×4 (or ×3) uint8, same size as the layers
+    candidates: list[Candidate]
+
+
+@dataclass
+class CandidateScore:
+    """Everything a scorer knows about one candidate.
+
+    `reward` is the scalar GRPO uses. `criteria` maps each of the five criteria (spec.CRITERIA) to
+    a score in [0, 1]. `stages` holds each stage's scalar in [0, 1] (e.g. {"1": p, "2": q}) and
+    `raw` anything worth keeping for rollout records (raw judge answers, flags, penalties).
+    """
+
+    reward: float
+    criteria: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GroupScore:
+    image_id: str
+    scores: list[CandidateScore]
+    stats: dict[str, float] = field(default_factory=dict)
+    """Group-level counters (parse failures, retries, latency seconds, ...) for metrics."""
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s.reward for s in self.scores]
+
+
+@runtime_checkable
+class RewardScorer(Protocol):
+    """What the trainer needs from a reward backend."""
+
+    name: str
+
+    async def score_group(self, group: Group) -> GroupScore:
+        """Score all candidates of one group; never raises for a single bad answer (backends
+        apply their documented failure policy and report it in `GroupScore.stats`)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections/models."""
+        ...
