@@ -117,10 +117,14 @@ class DataSpec(Strict):
     num_images: int | None = Field(None, ge=1)
     """Synthetic: how many designs to generate; other kinds: use at most this many. Default: all
     (synthetic: 256)."""
-    seed: int = 0
-    """Seed of the shuffle (and of synthetic generation). Default 0."""
+    seed: int = Field(0, ge=0)
+    """Seed of the shuffle; synthetic designs use training seeds `seed .. seed+numImages-1`.
+    Default 0."""
     shuffle: bool = True
     """Shuffle images each pass. Default true."""
+    size: int = Field(128, ge=32, le=1024)
+    """Synthetic only: side of the generated designs in pixels (the model resizes its input to
+    `sampler.resolution` anyway). Default 128 [OURS: the synthetic generator's default]."""
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataSpec:
@@ -168,12 +172,12 @@ class SamplerSpec(Strict):
         lo, hi = self.sde_window_range
         if not 0 <= lo < hi <= self.train_steps:
             raise ValueError(
-                f"sampler.sdeWindowRange must satisfy 0 <= start < end <= trainSteps ({self.train_steps}); "
+                f"sdeWindowRange must satisfy 0 <= start < end <= trainSteps ({self.train_steps}); "
                 f"got {list(self.sde_window_range)}"
             )
         if self.sde_window_size > 0 and hi - 1 + self.sde_window_size > self.train_steps:
             raise ValueError(
-                f"sampler.sdeWindowSize {self.sde_window_size} starting as late as step {hi - 1} runs past "
+                f"sdeWindowSize {self.sde_window_size} starting as late as step {hi - 1} runs past "
                 f"trainSteps {self.train_steps}; shrink sdeWindowRange or sdeWindowSize"
             )
         return self
@@ -216,6 +220,11 @@ class GRPOSpec(Strict):
     uses group too]."""
     kl_beta: float = Field(0.0, ge=0)
     """Weight of the KL to the adapter-disabled reference policy. Default 0 [FG Qwen-Image]."""
+    kl_form: Literal["per_element", "reference"] = "per_element"
+    """`per_element`: the exact KL between the two transition Gaussians divided by the latent size
+    D, mean_d(μθ − μref)²/(2s²) — the same per-element convention as the log-probs;
+    `reference`: flow_grpo's mean_d(μθ − μref)²/(2σt²), i.e. per_element × Δt (method.md §1.3D).
+    Default per_element [OURS: it is the actual KL of the policy steps]."""
     ratio_norm: bool = True
     """Use RatioNorm (GRPO-Guard) for the ratio. Default true [OURS, as Stable-Layers]."""
     ratio_norm_variant: Literal["per_sample", "batch_scalar", "dimension_aware"] = "dimension_aware"
@@ -253,6 +262,87 @@ class DistributedSpec(Strict):
 class PixelRewardSpec(Strict):
     weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(CRITERIA, 1.0))
     """Weight of each of the five criteria in the pixel score. Default 1 each [OURS]."""
+    blank_alpha: float = Field(0.002, ge=0, lt=1)
+    """A layer whose visible coverage (fraction of pixels with alpha ≥ 0.5 that are not hidden by
+    layers above) is below this is blank. Default 0.002 = 0.2 % of the canvas [OURS]."""
+    recomposition_tolerance: float = Field(0.15, gt=0, le=1)
+    """Mean absolute recomposition error (on white, [0,1] scale) at which `content_validity`
+    reaches 0; it falls linearly from 1 at zero error. Default 0.15 [OURS]."""
+
+    @model_validator(mode="after")
+    def _known_criteria(self) -> PixelRewardSpec:
+        _check_criteria(self.weights, "reward.pixel.weights")
+        return self
+
+
+def _check_criteria(weights: dict[str, float], where: str) -> None:
+    unknown = sorted(set(weights) - set(CRITERIA))
+    if unknown:
+        raise ValueError(f"{where}: unknown criteria {unknown}; allowed: {', '.join(CRITERIA)}")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"{where}: weights must be >= 0")
+    if weights and sum(weights.values()) <= 0:
+        raise ValueError(f"{where}: at least one weight must be > 0")
+
+
+class PenaltySpec(Strict):
+    """Deterministic penalties subtracted from the combined reward (computed from pixels, so a
+    judge cannot be talked out of them). Our addition to the paper (method.md §1.4, §5)."""
+
+    blank_layer: float = Field(0.0, ge=0, le=1)
+    """Subtracted when any layer is blank. Default 0 [OURS: an image with fewer elements than L
+    legitimately leaves layers empty; `featureDistribution` already rewards spread]."""
+    duplicate_of_composite: float = Field(0.25, ge=0, le=1)
+    """Subtracted when a foreground layer repeats the whole composite (the classic degenerate
+    decomposition). Default 0.25 [OURS]."""
+    recomposition_error: float = Field(0.25, ge=0, le=1)
+    """Subtracted when the layers, composited back to front on white, differ from the input by
+    more than `recompositionThreshold` (mean absolute error in [0,1]). Default 0.25 [OURS: guards
+    against reward hacking by a judge that does not check fidelity, method.md §5]."""
+    recomposition_threshold: float = Field(0.10, gt=0, le=1)
+    """Mean absolute recomposition error above which `recompositionError` applies. Default 0.10."""
+
+
+class OpenAIJudgeSpec(Strict):
+    base_url: str = "http://localhost:8000/v1"
+    """OpenAI-compatible endpoint, e.g. the operator's vLLM judge Service
+    `http://<run>-judge:8000/v1`. Default a local vLLM [OURS]."""
+    model: str = "judge"
+    """Model name sent in requests (vLLM's `--served-model-name`). Default `judge`, the name the
+    operator serves under [OURS]."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself). Default none:
+    vLLM needs no key and the client sends `EMPTY`."""
+    max_concurrency: int = Field(16, ge=1, le=1024)
+    """Requests in flight at once, per scorer (a semaphore). Default 16 [OURS: two G=8 groups]."""
+    timeout: float = Field(120.0, gt=0)
+    """Seconds per request attempt. Default 120 [OURS: a grid of 8 panels on a busy 7B server]."""
+    retries: int = Field(3, ge=0, le=20)
+    """Retries after a transport error (connection, timeout, HTTP 429/5xx), exponential backoff
+    with jitter. Default 3 [OURS]."""
+    backoff: float = Field(1.0, ge=0)
+    """Initial backoff in seconds (doubles each retry, capped at 30 s). Default 1 [OURS]."""
+    temperature: float = Field(0.0, ge=0, le=2)
+    """Sampling temperature. Default 0: a reward should be deterministic (method.md §1.4)."""
+    seed: int | None = 0
+    """Sampling seed sent with each request. Default 0 [OURS]."""
+    max_tokens: int = Field(512, ge=16)
+    """Answer token limit. Default 512 [OURS: the JSON answers are ~100 tokens; thinking models
+    need more]."""
+
+
+class TransformersJudgeSpec(Strict):
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Hub id or local path of a Qwen2.5-VL / Qwen3-VL checkpoint (any
+    `AutoModelForImageTextToText`). Default Qwen2.5-VL-7B-Instruct [OURS]."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Weight dtype. Default bfloat16."""
+    device: str = "auto"
+    """`auto` (CUDA if available), `cpu`, `cuda`, `cuda:N`. Default auto."""
+    max_new_tokens: int = Field(512, ge=16)
+    """Greedy decoding token limit. Default 512 [OURS]."""
+    max_pixels: int = Field(1024 * 1024, ge=28 * 28)
+    """Images are downscaled to at most this many pixels before the processor. Default 1 Mpx."""
 
 
 class RewardSpec(Strict):
@@ -262,6 +352,38 @@ class RewardSpec(Strict):
     Default pixel [OURS: runs anywhere]."""
     pixel: PixelRewardSpec = Field(default_factory=PixelRewardSpec)
     """Options of the pixel scorer."""
+    stage_weight: float = Field(0.5, ge=0, le=1)
+    """λ in reward = λ·stage1 + (1−λ)·stage2 (VLM kinds). Default 0.5 [method.md §1.4 proposal]."""
+    weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(CRITERIA, 1.0))
+    """Weight of each criterion in the VLM stage-1 score p = Σ w_c s_c / Σ w_c. Default 1 each."""
+    scale: int = Field(10, ge=2, le=100)
+    """Stage-1 and stage-2 answers are integers 0..scale, divided by scale. Default 10 [method.md]."""
+    grid: bool = True
+    """Run stage 2 (grid calibration). Off: reward = stage 1 only. Default true [SL]."""
+    grid_repeats: int = Field(1, ge=1, le=8)
+    """Stage-2 queries per group, each with a fresh shuffle; scores are averaged (position-bias
+    control, method.md §1.4.5). Default 1 [OURS: cost]."""
+    tile_size: int = Field(224, ge=64, le=1024)
+    """Long side in pixels of each tile of a stage-1 panel. Default 224 [OURS]."""
+    grid_max_side: int = Field(1536, ge=256, le=4096)
+    """Bound on the grid image's long side; tiles shrink to fit G panels. Default 1536 [OURS:
+    ~2k visual tokens for Qwen2.5-VL, legible at G = 8–16]."""
+    penalties: PenaltySpec = Field(default_factory=PenaltySpec)
+    """Deterministic penalties (all kinds, including pixel)."""
+    openai: OpenAIJudgeSpec = Field(default_factory=OpenAIJudgeSpec)
+    """Options of `kind: openai`."""
+    transformers: TransformersJudgeSpec = Field(default_factory=TransformersJudgeSpec)
+    """Options of `kind: transformers`."""
+    overlap: bool = True
+    """Score group k on a background event loop while the trainer samples group k+1. Default true
+    [SL: "score while sampling"]."""
+    shuffle_seed: int = 0
+    """Seed of the grid shuffles (mixed with the image id and query number). Default 0."""
+
+    @model_validator(mode="after")
+    def _known_criteria(self) -> RewardSpec:
+        _check_criteria(self.weights, "reward.weights")
+        return self
 
 
 class CheckpointSpec(Strict):
@@ -274,6 +396,56 @@ class CheckpointSpec(Strict):
     """Keep the newest this many committed checkpoints; the newest is never deleted. Default 3."""
 
 
+class EvalThresholds(Strict):
+    """Thresholds of the layer-quality metrics (shared/docs/eval.md A.7). The Stable-Layers paper
+    gives no definitions, so every default is [OURS: eval.md A.7 proposal]; tune once, then freeze."""
+
+    coverage_alpha: float = Field(0.05, ge=0, lt=1)
+    """A pixel counts as covered by a layer when its alpha exceeds this. Default 0.05."""
+    blank_coverage: float = Field(0.001, ge=0, le=1)
+    """A foreground layer is blank when its covered fraction is below this... Default 0.001."""
+    blank_max_alpha: float = Field(0.05, ge=0, le=1)
+    """...or when its maximum alpha is below this. Default 0.05."""
+    duplicate_coverage: float = Field(0.9, ge=0, le=1)
+    """A foreground layer may duplicate the composite when it covers more than this fraction...
+    Default 0.9."""
+    duplicate_l1: float = Field(0.05, ge=0, le=1)
+    """...and, over white, lies within this mean L1 of the input. Default 0.05."""
+    background_coverage: float = Field(0.95, ge=0, le=1)
+    """Layer 0 is degenerate when it covers less than this fraction (not opaque)... Default 0.95."""
+    background_copy_l1: float = Field(0.02, ge=0, le=1)
+    """...or when, over white, it is within this mean L1 of the input while some foreground layer is
+    non-blank (nothing was inpainted). Default 0.02."""
+    haze_low: float = Field(0.02, ge=0, le=1)
+    """Haze pixels have alpha strictly between `hazeLow` and `hazeHigh`. Default 0.02."""
+    haze_high: float = Field(0.98, ge=0, le=1)
+    """Upper bound of haze alpha. Default 0.98."""
+    haze_band_px: int = Field(3, ge=0)
+    """Semi-transparent pixels within this many pixels of the alpha = 0.5 contour are edge
+    anti-aliasing, not haze. Default 3."""
+    haze_fraction: float = Field(0.2, ge=0, le=1)
+    """A layer is artifact-heavy when haze exceeds this share of its covered area... Default 0.2."""
+    speckle_max_px: int = Field(16, ge=1)
+    """...or when its alpha > 0.5 mask has many connected components smaller than this (pixels)...
+    Default 16."""
+    speckle_count: int = Field(20, ge=0)
+    """...more than this many. Default 20."""
+
+
+class CrelloEvalSpec(Strict):
+    """How Crello designs become (composite, ground-truth layers) — LayerD's rules, eval.md A.1."""
+
+    split: str = "test"
+    """Split to evaluate. Default test [LayerD]."""
+    revision: str = "5.1.0"
+    """Hub revision when loading `cyberagent/crello` from the hub. Default 5.1.0 [LayerD]."""
+    short_side: int = Field(512, ge=16, le=4096)
+    """Rendered short side in pixels (LayerD's tool: 512; its library function: 360). Default 512."""
+    max_layers: int = Field(10, ge=2, le=64)
+    """Designs with more kept GT layers than this are skipped (and counted), because the model is
+    asked for as many layers as the GT has. Default 10 [OURS]."""
+
+
 class EvalSpec(Strict):
     every_steps: int = Field(0, ge=0)
     """Evaluate every this many optimizer steps; 0 = only at the end. Default 0 [OURS]."""
@@ -281,6 +453,58 @@ class EvalSpec(Strict):
     """Evaluation data, e.g. `crello:/data/crello` or `synthetic:heldout`. Default: none."""
     limit: int | None = Field(None, ge=1)
     """Evaluate at most this many designs. Default: all."""
+    layers: int | Literal["gt"] = "gt"
+    """Layers requested from the model per design: `gt` = the GT layer count L (needed for per-layer
+    L1 by L), or a fixed number. Default gt [OURS: QIL's Crello setting is not published]."""
+    seed: int = 42
+    """Design i is decomposed with seed `seed + i`, identically for the base and the fine-tuned
+    model. Default 42 [SL release: seed 42 + image index]."""
+    max_edits: int = Field(5, ge=0, le=20)
+    """LayerD protocol: maximum number of merges k. Default 5 [LayerD CLI]."""
+    heldout_designs: int = Field(64, ge=1)
+    """`synthetic:heldout`: how many held-out synthetic designs to generate. Default 64 [OURS]."""
+    heldout_size: int = Field(256, ge=32, le=2048)
+    """`synthetic:heldout`: side of the generated designs in pixels. Default 256 [OURS]."""
+    gallery: int = Field(12, ge=0)
+    """Designs shown in the HTML gallery. Default 12 [OURS: keeps the page light]."""
+    bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples over designs for the 95% intervals of base→fine-tuned differences;
+    0 disables. Default 1000 [OURS]."""
+    workers: int = Field(0, ge=0)
+    """Processes for the LayerD metric; 0 = one per CPU core. Default 0."""
+    thresholds: EvalThresholds = Field(default_factory=EvalThresholds)
+    """Thresholds of the blank / duplicate / degenerate / artifact metrics."""
+    crello: CrelloEvalSpec = Field(default_factory=CrelloEvalSpec)
+    """Crello loading and rendering options."""
+
+
+class MetricsSpec(Strict):
+    """Prometheus exporter of the trainer (rank 0), see docs/metrics.md."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    """Port of the `/metrics` endpoint; `--metrics-port` overrides it; none = no exporter (local
+    runs). The operator sets 9400. Default none [OURS]."""
+    addr: str = "0.0.0.0"
+    """Bind address of the endpoint. Default all interfaces (Prometheus scrapes the pod IP)."""
+    group_std_buckets: list[float] = Field(
+        default_factory=lambda: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5], min_length=1
+    )
+    """Upper bounds of the `stable_layers_group_reward_std` histogram buckets (rewards lie in about
+    [0, 1], so the within-group std is at most 0.5). The first bucket (0.001) isolates groups with
+    no usable spread. Default [OURS]."""
+
+
+class RolloutsSpec(Strict):
+    """Sampled rollout records written to `rollouts/step-NNNNNN/<group>/` (docs/storage.md)."""
+
+    rate: float = Field(0.05, ge=0, le=1)
+    """Fraction of groups recorded (input, every candidate's layers, scores, advantages). Which
+    groups is a deterministic function of (seed, step, image id), so a resumed run records the
+    same ones. 0 disables. Default 0.05 [OURS: one group in 20 keeps S3 traffic small]."""
+    seed: int = 0
+    """Seed of the sampling decision. Default 0."""
+    max_per_step: int | None = Field(None, ge=1)
+    """Record at most this many groups per step. Default: no limit."""
 
 
 class RunSpec(Strict):
@@ -297,6 +521,8 @@ class RunSpec(Strict):
     reward: RewardSpec = Field(default_factory=RewardSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    rollouts: RolloutsSpec = Field(default_factory=RolloutsSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict with camelCase keys (what YAML files and the CRD hold)."""

@@ -2,14 +2,171 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+if TYPE_CHECKING:
+    from stable_layers.spec import RewardSpec
 
-def score() -> None:
-    """Score one group of candidate decompositions (not implemented yet)."""
-    raise typer.Exit(2)
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Run spec (YAML) whose `reward` section to use; flags override it.")
+]
+EndpointOpt = Annotated[
+    str | None, typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://judge:8000/v1 (implies the openai backend).")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Judge model name (openai) or id/path (transformers).")]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="pixel | openai | transformers (default: the config's, else pixel).")
+]
+NoGridOpt = Annotated[bool, typer.Option("--no-grid", help="Skip stage 2 (grid calibration).")]
 
 
-def judge_check() -> None:
-    """Check a judge on a synthetic defect ladder (not implemented yet)."""
-    raise typer.Exit(2)
+def resolve_reward_spec(
+    config: Path | None, endpoint: str | None, model: str | None, backend: str | None, no_grid: bool
+) -> RewardSpec:
+    """The reward spec of a CLI call: the config's `reward` section, then the flags on top."""
+    from stable_layers.spec import RewardSpec, load_run_spec
+
+    spec = load_run_spec(config).reward if config else RewardSpec()
+    if backend is not None and backend not in ("pixel", "openai", "transformers"):
+        raise typer.BadParameter(f"unknown backend {backend!r}; use pixel, openai or transformers", param_hint="--backend")
+    if endpoint and backend not in (None, "openai"):
+        raise typer.BadParameter("--endpoint needs the openai backend; drop --backend or use --backend openai", param_hint="--endpoint")
+    kind = backend or ("openai" if endpoint else spec.kind)
+    spec.kind = kind  # type: ignore[assignment]
+    if endpoint:
+        spec.openai.base_url = endpoint
+    if model:
+        if kind == "openai":
+            spec.openai.model = model
+        elif kind == "transformers":
+            spec.transformers.model = model
+        else:
+            raise typer.BadParameter("--model applies to the openai or transformers backend", param_hint="--model")
+    if no_grid:
+        spec.grid = False
+    return spec
+
+
+def _fail(msg: str) -> typer.Exit:
+    typer.secho(msg, fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def score(
+    group_dir: Annotated[Path, typer.Argument(help="Folder with input.png and cand-*/layer-*.png (back to front).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write scores.json.")],
+    endpoint: EndpointOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    no_grid: NoGridOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Score one group of candidate decompositions; writes per-candidate criteria, stage-1/2 and
+    combined rewards, and the group's spread per stage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stable_layers.reward import build_scorer
+    from stable_layers.reward.group_io import load_group, scores_document, write_json_atomic
+    from stable_layers.spec import SpecError
+
+    try:
+        spec = resolve_reward_spec(config, endpoint, model, backend, no_grid)
+        group, names = load_group(group_dir)
+    except (SpecError, OSError) as err:
+        raise _fail(str(err)) from None
+
+    async def run() -> Any:
+        scorer = build_scorer(spec)
+        try:
+            return await scorer.score_group(group), scorer.name
+        finally:
+            await scorer.aclose()
+
+    result, name = asyncio.run(run())
+    if result.stats.get("requests") and result.stats.get("requests_error") == result.stats.get("requests"):
+        raise _fail(f"every judge request failed; is the judge at {spec.openai.base_url} up? (GET /health)")
+    doc = scores_document(result, names, name)
+    write_json_atomic(out, doc)
+
+    table = Table(title=f"{group.image_id}: {name}")
+    for col in ("candidate", "reward", "stage 1", "stage 2", *(c.split("_")[0] for c in result.scores[0].criteria), "flags"):
+        table.add_column(col)
+    for cand in doc["candidates"]:
+        flags = ",".join(k for k, v in cand["flags"].items() if v)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(
+            cand["name"], fmt(cand["reward"]), fmt(cand["stage1"]), fmt(cand["stage2"]),
+            *(fmt(v) for v in cand["criteria"].values()), flags,
+        )
+    console = Console()
+    console.print(table)
+    for stage, sp in doc["spread"].items():
+        console.print(f"{stage}: std {sp['std']:.3f}, range {sp['range']:.3f}")
+    console.print(f"wrote {out}")
+
+
+def judge_check(
+    endpoint: EndpointOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    no_grid: NoGridOpt = False,
+    config: ConfigOpt = None,
+    groups: Annotated[int, typer.Option(help="Ladder designs (groups of 7 candidates).")] = 4,
+    repeats: Annotated[int, typer.Option(help="Times each group is scored (test-retest).")] = 2,
+    size: Annotated[int, typer.Option(help="Design size in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="First design seed.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the report as JSON here.")] = None,
+    min_spearman: Annotated[
+        float | None, typer.Option(help="Exit 1 when the mean Spearman of the reward is below this.")
+    ] = None,
+) -> None:
+    """Run a judge over the synthetic defect ladder: rank agreement (Spearman), within-group spread
+    per stage and test-retest variance."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stable_layers.reward import build_scorer
+    from stable_layers.reward.group_io import write_json_atomic
+    from stable_layers.reward.judge_check import judge_check as run_check
+    from stable_layers.spec import SpecError
+
+    try:
+        spec = resolve_reward_spec(config, endpoint, model, backend, no_grid)
+    except SpecError as err:
+        raise _fail(str(err)) from None
+
+    async def run() -> dict[str, Any]:
+        scorer = build_scorer(spec)
+        try:
+            return await run_check(scorer, groups=groups, size=size, repeats=repeats, seed=seed)
+        finally:
+            await scorer.aclose()
+
+    report = asyncio.run(run())
+    console = Console()
+    table = Table(title=f"judge-check: {report['scorer']} ({groups} groups × {repeats} repeats)")
+    for col in ("stage", "spearman mean", "spearman min", "group std", "retest var"):
+        table.add_column(col)
+    for stage, rho in report["spearman"].items():
+        table.add_row(
+            stage, f"{rho['mean']:.3f}", f"{rho['min']:.3f}", f"{report['group_std'].get(stage, 0.0):.3f}",
+            f"{report['retest_var'].get(stage, 0.0):.5f}",
+        )
+    console.print(table)
+    levels = Table(title="mean reward per ladder rung")
+    levels.add_column("rung")
+    levels.add_column("reward")
+    for lv, vals in report["per_level"].items():
+        levels.add_row(lv, f"{vals.get('reward', float('nan')):.3f}")
+    console.print(levels)
+    console.print(f"failures: {report['failures']}")
+    if out:
+        write_json_atomic(out, report)
+        console.print(f"wrote {out}")
+    if min_spearman is not None and report["spearman"]["reward"]["mean"] < min_spearman:
+        raise _fail(f"mean Spearman {report['spearman']['reward']['mean']:.3f} is below --min-spearman {min_spearman}")

@@ -1,15 +1,178 @@
-"""`stable-layers train` and `stable-layers demo` (trainer issue)."""
+"""`stable-layers train` and `stable-layers demo` (trainer issue).
+
+`train` is also what every trainer pod runs (docs/internals.md "Entry points"): with
+`--nproc-per-node N` and/or `NNODES` > 1 and not already inside a launched worker, it starts the
+workers itself through torch.distributed.run (torchrun) with the same arguments, so a pod needs
+no separate launcher command.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+LOCAL_RUN: dict[str, Any] = {
+    "name": "local-run",
+    "model": {"preset": "tiny-random", "device": "cpu", "gradientCheckpointing": False},
+    "lora": {"rank": 4, "alpha": 8},
+    "data": {"kind": "synthetic", "numImages": 8, "seed": 0},
+    "sampler": {
+        "trainSteps": 4,
+        "sdeWindowSize": 2,
+        "sdeWindowRange": [0, 2],
+        "resolution": 64,
+        "layers": 2,
+        "noiseLevel": 1.0,
+    },
+    "grpo": {"groupSize": 4, "imagesPerIteration": 2, "maxSteps": 3, "lr": 0.001, "clipRange": 0.001},
+    "distributed": {"engine": "torch"},
+    "reward": {"kind": "pixel"},
+    "checkpoint": {"everySteps": 2, "keep": 2},
+}
+"""The embedded default run of `stable-layers demo`; examples/local-run.yaml is the same spec
+(tests/test_train_cli.py keeps them equal)."""
 
-def train() -> None:
-    """Run Flow-GRPO training from a run spec (not implemented yet)."""
-    raise typer.Exit(2)
+
+def _error(msg: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False)
+    return typer.Exit(2)
 
 
-def demo() -> None:
-    """Local training run on the tiny model, then its evaluation report (not implemented yet)."""
-    raise typer.Exit(2)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: printed as one message, exit code 2."""
+    from stable_layers.checkpoint import CheckpointError
+    from stable_layers.data.sources import DataSourceError
+    from stable_layers.model import PolicyLoadError
+    from stable_layers.spec import SpecError
+    from stable_layers.storage import StorageError
+    from stable_layers.train import TrainError
+
+    return (SpecError, TrainError, DataSourceError, PolicyLoadError, CheckpointError, StorageError)
+
+
+def _world_wanted(nproc_per_node: int) -> tuple[int, int]:
+    nnodes = int(os.environ.get("NNODES", "1") or 1)
+    return nnodes, nproc_per_node
+
+
+def _launch(nnodes: int, nproc: int) -> None:
+    """Re-run this very command as nnodes × nproc workers under torch.distributed.run."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = [
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc}",
+        f"--node-rank={os.environ.get('NODE_RANK', '0')}",
+        f"--master-addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
+        "--module",
+        "stable_layers.cli",
+        *sys.argv[1:],
+    ]
+    try:
+        run(get_args_parser().parse_args(args))
+    except ChildFailedError as err:
+        typer.secho(f"training workers failed: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _callbacks(spec: Any, out: str, metrics_port: int | None) -> list[Any]:
+    if metrics_port is None or int(os.environ.get("RANK", "0")) != 0:
+        return []
+    from stable_layers.metrics import PrometheusCallback
+
+    return [PrometheusCallback(spec.name, os.environ.get("POD_NAMESPACE", "default"), metrics_port)]
+
+
+def train(
+    run_yaml: Annotated[Path, typer.Argument(help="Run spec (YAML/JSON), e.g. examples/local-run.yaml.")],
+    out: Annotated[str, typer.Option("--out", help="Run directory or URI (s3://bucket/prefix): checkpoints, metrics.jsonl, progress.json.")],
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (default: grpo.maxSteps).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest committed checkpoint under --out (fresh start if none).")] = False,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Worker processes on this node (one per GPU).")] = 1,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (rank 0).")] = None,
+    no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Score each group before sampling the next (no background scoring).")] = False,
+) -> None:
+    """Run Flow-GRPO training from a run spec."""
+    from stable_layers.spec import SpecError, load_run_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:  # before any torch import: a typo in the spec is reported in well under a second
+        spec = load_run_spec(run_yaml)
+    except SpecError as err:
+        raise _error(str(err)) from None
+    from stable_layers.distributed import is_launched_worker
+
+    errors = _user_errors()
+    nnodes, nproc = _world_wanted(nproc_per_node)
+    if nnodes * nproc > 1 and not is_launched_worker():
+        _launch(nnodes, nproc)
+        return
+    from stable_layers.train import train as run_training
+
+    try:
+        record = run_training(
+            spec,
+            out,
+            max_steps=max_steps,
+            resume=resume,
+            callbacks=_callbacks(spec, out, metrics_port),
+            overlap_scoring=not no_overlap,
+            show_progress=sys.stderr.isatty(),
+        )
+    except errors as err:
+        raise _error(str(err)) from None
+    if int(os.environ.get("RANK", "0")) == 0 and record:
+        typer.echo(f"done: step {record['step']}, reward mean {record['reward_mean']:.4f}; run in {out}")
+
+
+def _join(out: str, key: str) -> str:
+    return f"{out.rstrip('/')}/{key}" if "://" in out else str(Path(out) / key)
+
+
+def demo(
+    out: Annotated[str, typer.Option("--out", help="Where the demo run and its report go.")] = "runs/demo",
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps (default 3).")] = None,
+    eval_limit: Annotated[int, typer.Option("--eval-limit", min=1, help="Designs in the evaluation report.")] = 4,
+) -> None:
+    """Local training run on the tiny model (embedded spec), then its evaluation report."""
+    import torch
+
+    from stable_layers import storage
+    from stable_layers.model import TINY_ASSETS
+    from stable_layers.spec import parse_run_spec
+    from stable_layers.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    spec = parse_run_spec(LOCAL_RUN, "embedded demo spec")
+    if (TINY_ASSETS / "model_index.json").is_file():
+        spec.model.preset = "tiny"
+    typer.echo(f"demo: training {spec.model.preset} for {steps or spec.grpo.max_steps} steps into {out}")
+    errors = _user_errors()
+    try:
+        record = run_training(spec, out, max_steps=steps, resume=True, show_progress=sys.stderr.isatty())
+    except errors as err:
+        raise _error(str(err)) from None
+    step = storage.latest_committed(storage.open_store(out))
+    typer.echo(f"trained: step {record.get('step', step)}, reward mean {record.get('reward_mean', float('nan')):.4f}")
+    ckpt = _join(out, storage.checkpoint_key(step)) if step is not None else None
+    try:
+        from stable_layers.eval.runner import run_evaluation
+    except ImportError:
+        typer.echo(f"evaluation runner not available in this build; checkpoint at {ckpt}")
+        return
+    report_uri = _join(out, f"{storage.EVAL}/{storage.step_name(step or 0)}")
+    try:
+        run_evaluation(spec, "synthetic:heldout", report_uri, checkpoint=ckpt, limit=eval_limit)
+    except errors as err:
+        raise _error(str(err)) from None
+    typer.echo(f"report: {report_uri}/report.html")

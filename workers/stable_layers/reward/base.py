@@ -52,6 +52,8 @@ class GroupScore:
     scores: list[CandidateScore]
     stats: dict[str, float] = field(default_factory=dict)
     """Group-level counters (parse failures, retries, latency seconds, ...) for metrics."""
+    latencies: list[float] = field(default_factory=list)
+    """Seconds of each judge request of this group (for a latency histogram); empty for pixel."""
 
     @property
     def rewards(self) -> list[float]:

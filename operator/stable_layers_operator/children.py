@@ -1,0 +1,521 @@
+"""Pure functions: a run's spec → the Kubernetes objects the operator creates.
+
+No I/O and no kopf here, so every object can be unit-tested and schema-validated, and the system
+test can run the trainer pod's exact command line and environment (`trainer_process`,
+`resolve_env`) as local processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from stable_layers.spec import RunSpec
+from stable_layers.storage import CHECKPOINTS, EVAL, step_name
+
+from stable_layers_operator.resource import API_VERSION, KIND, StableLayersRunSpec
+
+CONFIG_DIR = "/etc/stable-layers"
+RUN_FILE = f"{CONFIG_DIR}/run.yaml"
+JUDGE_PORT = 8000
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+RUN_LABEL = "stablelayers.io/run"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ATTEMPT_LABEL = "stablelayers.io/attempt"
+STEP_LABEL = "stablelayers.io/step"
+Obj = dict[str, Any]
+
+
+# ---------------------------------------------------------------- names and metadata
+
+
+@dataclass(frozen=True)
+class Names:
+    """Deterministic child names: the same run always maps to the same objects, which is what
+    makes re-running a handler (or restarting the operator) create nothing twice."""
+
+    run: str
+
+    @property
+    def config_map(self) -> str:
+        return f"{self.run}-config"
+
+    @property
+    def judge(self) -> str:
+        return f"{self.run}-judge"
+
+    @property
+    def trainer_service(self) -> str:
+        return f"{self.run}-trainer"
+
+    def trainer_job(self, attempt: int) -> str:
+        return f"{self.run}-trainer-{attempt}"
+
+    def eval_job(self, step: int) -> str:
+        return f"{self.run}-eval-{step:06d}"
+
+
+def labels(run: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "stable-layers",
+        "app.kubernetes.io/instance": run,
+        "app.kubernetes.io/managed-by": "stable-layers-operator",
+        COMPONENT_LABEL: component,
+        RUN_LABEL: run,
+    }
+
+
+def selector(run: str, component: str) -> dict[str, str]:
+    return {RUN_LABEL: run, COMPONENT_LABEL: component}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The run a child belongs to; `uid` makes the ownerReference valid for garbage collection."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta.get("namespace") or "default", uid=meta.get("uid") or "")
+
+
+def metadata(owner: Owner, name: str, component: str, extra_labels: dict[str, str] | None = None) -> Obj:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**labels(owner.name, component), **(extra_labels or {})},
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+# ---------------------------------------------------------------- the run file
+
+
+def judge_needed(spec: StableLayersRunSpec) -> bool:
+    """The vLLM judge is deployed only for the OpenAI-compatible VLM reward."""
+    return spec.run.reward.kind == "openai" and spec.judge.enabled
+
+
+def judge_url(names: Names, namespace: str) -> str:
+    return f"http://{names.judge}.{namespace}.svc:{JUDGE_PORT}/v1"
+
+
+def pod_run_spec(spec: StableLayersRunSpec, names: Names, namespace: str) -> RunSpec:
+    """The RunSpec the pods read: the user's, with what the cluster decides filled in (where the
+    run lives, the judge's address, the ZeRO stage)."""
+    data = spec.run.to_dict()
+    data["checkpoint"]["uri"] = spec.storage.uri
+    if spec.trainer.zero_stage is not None:
+        data["distributed"]["zeroStage"] = spec.trainer.zero_stage
+    if judge_needed(spec):
+        data["reward"]["openai"]["baseUrl"] = judge_url(names, namespace)
+        data["reward"]["openai"]["model"] = spec.judge.served_model_name
+    evaluation = evaluation_settings(spec)
+    data["eval"]["everySteps"] = evaluation[0]
+    data["eval"]["data"] = evaluation[1]
+    return RunSpec.model_validate(data)
+
+
+def evaluation_settings(spec: StableLayersRunSpec) -> tuple[int, str | None]:
+    """(everySteps, data): `spec.evaluation` wins, `spec.run.eval` is the fallback."""
+    every = spec.evaluation.every_steps if spec.evaluation.every_steps is not None else spec.run.eval.every_steps
+    data = spec.evaluation.data if spec.evaluation.data is not None else spec.run.eval.data
+    return every, data
+
+
+def config_map(spec: StableLayersRunSpec, owner: Owner) -> Obj:
+    names = Names(owner.name)
+    run_yaml = pod_run_spec(spec, names, owner.namespace).to_yaml()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, names.config_map, "config"),
+        "data": {"run.yaml": run_yaml},
+    }
+
+
+# ---------------------------------------------------------------- shared pod pieces
+
+
+def _resources(res: Any, gpus: int) -> Obj:
+    requests = dict(res.requests)
+    limits = dict(res.limits)
+    if gpus > 0:
+        # Extended resources must have requests == limits; setting both says so explicitly.
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(items: list[Any]) -> list[Obj]:
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
+
+
+def storage_env(spec: StableLayersRunSpec) -> list[Obj]:
+    """S3 settings the worker's boto3 reads; keys come from the Secret, never from the spec."""
+    env: list[Obj] = [
+        {"name": "AWS_REGION", "value": spec.storage.region},
+        {"name": "AWS_DEFAULT_REGION", "value": spec.storage.region},
+    ]
+    if spec.storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
+    ref = spec.storage.secret_ref
+    if ref is not None:
+        env += [
+            {
+                "name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}},
+            },
+            {
+                "name": "AWS_SECRET_ACCESS_KEY",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
+            },
+        ]
+    return env
+
+
+def _worker_volumes(spec: StableLayersRunSpec, names: Names) -> tuple[list[Obj], list[Obj]]:
+    volumes = [
+        {"name": "run-config", "configMap": {"name": names.config_map}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.trainer.shm_size}},
+    ]
+    mounts = [
+        {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    return volumes, mounts
+
+
+def _pod_common(spec: StableLayersRunSpec) -> Obj:
+    pod: Obj = {"restartPolicy": "Never"}
+    if spec.trainer.service_account:
+        pod["serviceAccountName"] = spec.trainer.service_account
+    if spec.images.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.images.pull_secrets]
+    return pod
+
+
+# ---------------------------------------------------------------- trainer
+
+
+@dataclass(frozen=True)
+class Process:
+    """What one container runs: argv and its env (Kubernetes EnvVar objects)."""
+
+    command: list[str]
+    env: list[Obj]
+
+
+def trainer_process(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Process:
+    """The trainer pod's command and environment: the one source of truth for both the Job and
+    the system test. Rank comes from the Job completion index (`NODE_RANK`), rank 0's stable DNS
+    name `<job>-0.<headless service>` is the rendezvous address."""
+    names = Names(owner.name)
+    job = names.trainer_job(attempt)
+    command = [
+        "stable-layers",
+        "train",
+        RUN_FILE,
+        "--out",
+        spec.storage.uri,
+        "--resume",
+        "--nproc-per-node",
+        str(max(spec.trainer.gpus_per_node, 1)),
+        "--metrics-port",
+        str(spec.trainer.metrics_port),
+    ]
+    env: list[Obj] = [
+        {"name": "NNODES", "value": str(spec.trainer.nodes)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+        {"name": "MASTER_ADDR", "value": f"{job}-0.{names.trainer_service}"},
+        {"name": "MASTER_PORT", "value": str(spec.trainer.master_port)},
+        {"name": "STABLE_LAYERS_RUN", "value": owner.name},
+        {"name": "STABLE_LAYERS_NAMESPACE", "value": owner.namespace},
+        {"name": "STABLE_LAYERS_ATTEMPT", "value": str(attempt)},
+        *storage_env(spec),
+    ]
+    return Process(command=command, env=env)
+
+
+def resolve_env(
+    env: list[Obj],
+    *,
+    completion_index: int,
+    secrets: dict[str, dict[str, str]],
+    overrides: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Evaluate EnvVar objects the way the kubelet does for one pod (values, the completion-index
+    annotation, Secret keys), for running a pod's process locally. Unknown sources raise."""
+    out: dict[str, str] = {}
+    for var in env:
+        if "value" in var:
+            out[var["name"]] = var["value"]
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            if COMPLETION_INDEX_ANNOTATION not in path:
+                raise ValueError(f"env {var['name']}: cannot resolve fieldRef {path} locally")
+            out[var["name"]] = str(completion_index)
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            out[var["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            raise ValueError(f"env {var['name']}: unsupported source {sorted(source)}")
+    out.update(overrides or {})
+    return out
+
+
+def trainer_service(spec: StableLayersRunSpec, owner: Owner) -> Obj:
+    names = Names(owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, names.trainer_service, "trainer"),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks rendezvous before any pod is Ready; DNS must resolve them anyway.
+            "publishNotReadyAddresses": True,
+            "selector": selector(owner.name, "trainer"),
+            "ports": [
+                {"name": "rendezvous", "port": spec.trainer.master_port, "targetPort": spec.trainer.master_port},
+                {"name": "metrics", "port": spec.trainer.metrics_port, "targetPort": spec.trainer.metrics_port},
+            ],
+        },
+    }
+
+
+def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
+    """Indexed Job, one pod per node, no pod-level retries: one failed rank fails the Job and the
+    operator restarts the whole trainer from the newest checkpoint (a lone restarted rank would
+    hang the others' collectives)."""
+    names = Names(owner.name)
+    process = trainer_process(spec, owner, attempt)
+    volumes, mounts = _worker_volumes(spec, names)
+    extra = {ATTEMPT_LABEL: str(attempt)}
+    container: Obj = {
+        "name": "trainer",
+        "image": spec.images.worker,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": process.command,
+        "env": process.env,
+        "ports": [
+            {"name": "rendezvous", "containerPort": spec.trainer.master_port},
+            {"name": "metrics", "containerPort": spec.trainer.metrics_port},
+        ],
+        "resources": _resources(spec.trainer.resources, spec.trainer.gpus_per_node),
+        "volumeMounts": mounts,
+    }
+    pod: Obj = {
+        **_pod_common(spec),
+        "subdomain": names.trainer_service,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.trainer.node_selector:
+        pod["nodeSelector"] = dict(spec.trainer.node_selector)
+    if spec.trainer.tolerations:
+        pod["tolerations"] = _tolerations(spec.trainer.tolerations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, names.trainer_job(attempt), "trainer", extra),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": spec.trainer.nodes,
+            "parallelism": spec.trainer.nodes,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {
+                    "labels": {**labels(owner.name, "trainer"), **extra},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(spec.trainer.metrics_port),
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- judge
+
+
+def judge_args(spec: StableLayersRunSpec) -> list[str]:
+    j = spec.judge
+    return [
+        j.model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(JUDGE_PORT),
+        "--served-model-name",
+        j.served_model_name,
+        "--tensor-parallel-size",
+        str(j.tensor_parallel),
+        "--max-model-len",
+        str(j.max_model_len),
+        "--limit-mm-per-prompt",
+        json.dumps(j.limit_mm_per_prompt, separators=(",", ":")),
+        "--gpu-memory-utilization",
+        str(j.gpu_memory_utilization),
+        *j.extra_args,
+    ]
+
+
+def judge_deployment(spec: StableLayersRunSpec, owner: Owner) -> Obj:
+    names = Names(owner.name)
+    j = spec.judge
+    gpus = j.gpus if j.gpus is not None else j.tensor_parallel
+    probe = {"httpGet": {"path": "/health", "port": JUDGE_PORT}}
+    volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+    mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if j.model_volume:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": j.model_volume, "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
+    env = storage_env(spec) if j.model.startswith("s3://") else []
+    container: Obj = {
+        "name": "vllm",
+        "image": j.image,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": ["vllm", "serve"],
+        "args": judge_args(spec),
+        "ports": [{"name": "http", "containerPort": JUDGE_PORT}],
+        "resources": _resources(j.resources, gpus),
+        "volumeMounts": mounts,
+        # Model loading takes minutes; liveness/readiness only start after the startup probe.
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": max(j.startup_seconds // 10, 1)},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+    }
+    if env:
+        container["env"] = env
+    pod: Obj = {"containers": [container], "volumes": volumes}
+    if spec.images.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.images.pull_secrets]
+    if j.node_selector:
+        pod["nodeSelector"] = dict(j.node_selector)
+    if j.tolerations:
+        pod["tolerations"] = _tolerations(j.tolerations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, names.judge, "judge"),
+        "spec": {
+            "replicas": j.replicas,
+            # A rolling update would need twice the GPUs; the judge is stateless, so replace it.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(owner.name, "judge")},
+            "template": {"metadata": {"labels": labels(owner.name, "judge")}, "spec": pod},
+        },
+    }
+
+
+def judge_service(spec: StableLayersRunSpec, owner: Owner) -> Obj:
+    names = Names(owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, names.judge, "judge"),
+        "spec": {
+            "selector": selector(owner.name, "judge"),
+            "ports": [{"name": "http", "port": JUDGE_PORT, "targetPort": JUDGE_PORT}],
+        },
+    }
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def eval_process(spec: StableLayersRunSpec, step: int) -> Process:
+    _, data = evaluation_settings(spec)
+    if not data:
+        raise ValueError("no evaluation data: set spec.evaluation.data or spec.run.eval.data")
+    root = spec.storage.uri.rstrip("/")
+    command = [
+        "stable-layers",
+        "eval",
+        RUN_FILE,
+        "--data",
+        data,
+        "--out",
+        f"{root}/{EVAL}/{step_name(step)}",
+        "--checkpoint",
+        f"{root}/{CHECKPOINTS}/{step_name(step)}",
+    ]
+    return Process(command=command, env=storage_env(spec))
+
+
+def eval_gpus(spec: StableLayersRunSpec) -> int:
+    if spec.evaluation.gpus is not None:
+        return spec.evaluation.gpus
+    return 1 if spec.trainer.gpus_per_node > 0 else 0
+
+
+def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
+    names = Names(owner.name)
+    process = eval_process(spec, step)
+    volumes, mounts = _worker_volumes(spec, names)
+    extra = {STEP_LABEL: str(step)}
+    pod: Obj = {
+        **_pod_common(spec),
+        "containers": [
+            {
+                "name": "eval",
+                "image": spec.images.worker,
+                "imagePullPolicy": spec.images.pull_policy,
+                "command": process.command,
+                "env": process.env,
+                "resources": _resources(spec.evaluation.resources, eval_gpus(spec)),
+                "volumeMounts": mounts,
+            }
+        ],
+        "volumes": volumes,
+    }
+    if eval_gpus(spec) > 0 and spec.trainer.node_selector:
+        pod["nodeSelector"] = dict(spec.trainer.node_selector)
+    if eval_gpus(spec) > 0 and spec.trainer.tolerations:
+        pod["tolerations"] = _tolerations(spec.trainer.tolerations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, names.eval_job(step), "eval", extra),
+        "spec": {
+            "backoffLimit": spec.evaluation.backoff_limit,
+            "template": {"metadata": {"labels": {**labels(owner.name, "eval"), **extra}}, "spec": pod},
+        },
+    }
+
+
+def report_key(step: int) -> str:
+    """Key of an evaluation's report.json relative to the run URI."""
+    return f"{EVAL}/{step_name(step)}/report.json"
+
+
+def dump(objects: list[Obj]) -> str:
+    """Objects as one multi-document YAML stream."""
+    return yaml.safe_dump_all(objects, sort_keys=False)

@@ -1,0 +1,55 @@
+"""Entry point of the operator image: `python -m stable_layers_operator` (see `manifests/operator`).
+
+Runs kopf standalone (one replica, Recreate strategy: no peering objects needed), with kopf's
+liveness endpoint and a Prometheus endpoint for the operator's own metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+
+from stable_layers_operator.handlers import OperatorConfig, register
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="stable-layers-operator", description=__doc__)
+    p.add_argument(
+        "--namespace", action="append", default=None, help="watch only these namespaces (repeatable); default all"
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=float(env("STABLE_LAYERS_OPERATOR_INTERVAL", "10")),
+        help="seconds between polls of a run",
+    )
+    p.add_argument("--metrics-port", type=int, default=int(env("STABLE_LAYERS_OPERATOR_METRICS_PORT", "9090")))
+    p.add_argument("--liveness", default=env("STABLE_LAYERS_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = OperatorConfig(interval=args.interval, wait_delay=args.interval)
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    config.metrics.serve(args.metrics_port)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,222 @@
+"""An emulated cluster for tests and benchmarks: kmock's Kubernetes API over loopback HTTP and the
+real kopf engine running this operator's handlers, in a background thread.
+
+kmock is an in-memory API server (shared/docs/infra.md §A): discovery, list/watch/create/patch/
+delete, naive JSON merge patches, no uid/generation (the helpers set them), no garbage collection,
+no controllers — nothing runs Pods, so tests play the Job and Deployment controllers by patching
+their status (`set_job_state`, `set_ready`). Needs the `dev` extra (kmock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from stable_layers_operator.handlers import OperatorConfig, register
+from stable_layers_operator.kube import KubeCluster
+from stable_layers_operator.resource import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+_RESOURCES: dict[str, dict[str, Any]] = {
+    "v1/namespaces": {"kind": "Namespace", "namespaced": False},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition", "namespaced": False},
+    f"{GROUP}/{VERSION}/{PLURAL}": {
+        "kind": KIND,
+        "singular": SINGULAR,
+        "shortnames": set(SHORT_NAMES),
+        "namespaced": True,
+        "subresources": {"status"},
+        "verbs": {"get", "list", "watch", "patch", "update", "create", "delete"},
+    },
+    "v1/configmaps": {"kind": "ConfigMap", "namespaced": True},
+    "v1/services": {"kind": "Service", "namespaced": True},
+    "v1/secrets": {"kind": "Secret", "namespaced": True},
+    "v1/events": {"kind": "Event", "namespaced": True},
+    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status"}},
+    "batch/v1/jobs": {"kind": "Job", "namespaced": True, "subresources": {"status"}},
+}
+
+
+class EmulatedCluster:
+    """Start with `start()`, stop with `stop()`; `restart_operator()` replaces the kopf operator
+    (new memory, same API server) to test resumption."""
+
+    def __init__(self, namespace: str = "default", **config: Any):
+        self.namespace = namespace
+        self.config_kwargs = config
+        self.config: OperatorConfig
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop_api = threading.Event()
+        self._operator_task: asyncio.Task[None] | None = None
+        self._stop_flag: asyncio.Event | None = None
+        self.kmock: Any = None
+        self.api: client.ApiClient
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 30) -> EmulatedCluster:
+        self._thread = threading.Thread(target=self._thread_main, name="emulated-cluster", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"emulated cluster did not start: {self.error!r}")
+        if self.error:
+            raise RuntimeError("emulated cluster failed") from self.error
+        return self
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # surfaced to the test through start()/stop()
+            self.error = err
+            self._ready.set()
+
+    async def _main(self) -> None:
+        import kmock
+
+        self._loop = asyncio.get_running_loop()
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+            for key, info in _RESOURCES.items():
+                emulator.resources[key] = info
+            emulator.objects["v1/namespaces", None, self.namespace] = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": self.namespace},
+            }
+            self.kmock = emulator
+            self.url = str(server.url).rstrip("/")
+            configuration = client.Configuration()
+            configuration.host = self.url
+            self.api = client.ApiClient(configuration)
+            self._start_operator()
+            self._ready.set()
+            while not self._stop_api.is_set():
+                await asyncio.sleep(0.05)
+            await self._stop_operator()
+
+    def _start_operator(self) -> None:
+        self.config = OperatorConfig(**{"cluster_factory": lambda: KubeCluster(self.api), **self.config_kwargs})
+        registry = kopf.OperatorRegistry()
+        register(registry, self.config)
+        url = self.url
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace=self.namespace)
+
+        self._stop_flag = asyncio.Event()
+        self._operator_task = asyncio.create_task(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                # kmock cannot serve the namespace list kopf watches for namespace patterns.
+                clusterwide=True,
+                stop_flag=self._stop_flag,
+                memo=kopf.Memo(cluster=KubeCluster(self.api)),
+            )
+        )
+
+    async def _stop_operator(self) -> None:
+        assert self._stop_flag is not None and self._operator_task is not None
+        self._stop_flag.set()
+        try:
+            await asyncio.wait_for(self._operator_task, timeout=20)
+        except (TimeoutError, asyncio.CancelledError):
+            self._operator_task.cancel()
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return await fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def restart_operator(self, **config: Any) -> None:
+        """Stop the operator (kopf takes a few seconds) and start a fresh one with no memory."""
+        self.config_kwargs.update(config)
+
+        async def restart() -> None:
+            await self._stop_operator()
+            self._start_operator()
+
+        self._call(restart, timeout=60)
+
+    def stop(self) -> None:
+        self._stop_api.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    # ------------------------------------------------------------ the API, as a user or a controller would
+
+    def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        resp = self.api.call_api(
+            path,
+            method,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            _preload_content=False,
+            auth_settings=[],
+        )
+        data = resp[0].data if isinstance(resp, tuple) else resp.data
+        return json.loads(data) if data else None
+
+    def run_path(self, name: str | None = None) -> str:
+        base = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}"
+        return f"{base}/{name}" if name else base
+
+    def create_run(self, name: str, spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": self.namespace, "uid": str(uuid.uuid4()), "generation": generation, "resourceVersion": "1"},
+            "spec": spec,
+        }
+        return self._request("POST", self.run_path(), body)
+
+    def get_run(self, name: str) -> dict[str, Any]:
+        return self._request("GET", self.run_path(name))
+
+    def patch_run(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PATCH", self.run_path(name), patch, "application/merge-patch+json")
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return KubeCluster(self.api).get(kind, self.namespace, name)
+
+    def exists(self, kind: str, name: str) -> bool:
+        return self.get(kind, name) is not None
+
+    def create_secret(self, name: str, data: dict[str, str]) -> None:
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        obj = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": self.namespace}, "data": encoded}
+        KubeCluster(self.api).create(obj)
+
+    def _patch_status(self, kind: str, name: str, status: dict[str, Any]) -> None:
+        paths = {"Job": f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{name}/status"}
+        paths["Deployment"] = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status"
+        self._request("PATCH", paths[kind], {"status": status}, "application/merge-patch+json")
+
+    def set_ready(self, deployment: str, replicas: int = 1) -> None:
+        """Play the Deployment controller: `replicas` pods ready."""
+        self._patch_status("Deployment", deployment, {"readyReplicas": replicas, "availableReplicas": replicas})
+
+    def set_job_state(self, job: str, state: str, message: str = "") -> None:
+        """Play the Job controller: `Complete` or `Failed`."""
+        cond = {"type": state, "status": "True", "reason": "BackoffLimitExceeded" if state == "Failed" else "Completed"}
+        if message:
+            cond["message"] = message
+        self._patch_status("Job", job, {"conditions": [cond]})
+
+    def requests(self, method: str, path_part: str) -> int:
+        """How many requests of `method` hit a path containing `path_part` (kmock records them)."""
+        return sum(1 for r in self.kmock.requests if r.method.upper() == method and path_part in str(r.url))

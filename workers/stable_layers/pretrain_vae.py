@@ -1,0 +1,109 @@
+"""Pretraining, part 1: design frames as tensors, and the RGBA VAE as an autoencoder of layers.
+
+`design_tensors` turns one synthetic design into what the pipeline would see (the composite, resized
+exactly as `sampler.prepare` resizes an input) and what it should produce (the RGBA layers,
+resized on premultiplied colour with `layers.resize_layer`). The VAE learns to reconstruct both kinds
+of frame: opaque composites (the condition and frame 0) and mostly transparent element layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from stable_layers.data.synthetic import make_design
+from stable_layers.layers import resize_layer
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLQwenImage
+    from diffusers.image_processor import VaeImageProcessor
+
+
+def image_processor() -> VaeImageProcessor:
+    """The pipeline's image processor for the 8x VAE (`VaeImageProcessor(vae_scale_factor * 2)`)."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=16)
+
+
+def design_tensors(
+    seed: int, resolution: int, design_size: int, max_elements: int, processor: VaeImageProcessor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(composite (4,H,W), layers (L,4,H,W)) in [-1, 1] at `resolution` for design `seed`.
+
+    The composite goes through the pipeline's own PIL resize + preprocess, so the condition matches
+    inference; layers are resized on premultiplied colour, and their colour under fully transparent
+    pixels is canonical black (what the generator emits), so the target is well defined there.
+    """
+    from PIL import Image
+
+    design = make_design(seed, design_size, max_elements=max_elements)
+    pil = processor.resize(Image.fromarray(design.image, "RGBA"), resolution, resolution)
+    composite = processor.preprocess(pil, resolution, resolution)[0]
+    layers = []
+    for layer in design.layers:
+        small = resize_layer(layer, (resolution, resolution)).copy()
+        small[small[..., 3] == 0, :3] = 0
+        layers.append(torch.from_numpy(small).permute(2, 0, 1).float() / 127.5 - 1.0)
+    return composite.float(), torch.stack(layers)
+
+
+def frame_batch(
+    seeds: Sequence[int],
+    count: int,
+    resolution: int,
+    design_size: int,
+    max_elements: int,
+    rng: np.random.Generator,
+    processor: VaeImageProcessor,
+) -> torch.Tensor:
+    """`count` frames (count,4,1,H,W) drawn from the designs of `seeds`: their composites and
+    layers, chosen uniformly by `rng` (the caller seeds it per step, which makes resume exact)."""
+    frames: list[torch.Tensor] = []
+    for s in seeds:
+        comp, layers = design_tensors(int(s), resolution, design_size, max_elements, processor)
+        frames.append(comp)
+        frames.extend(layers)
+    pick = rng.choice(len(frames), size=min(count, len(frames)), replace=False)
+    return torch.stack([frames[i] for i in sorted(pick)]).unsqueeze(2)
+
+
+def vae_loss(
+    vae: AutoencoderKLQwenImage, x: torch.Tensor, generator: torch.Generator, kl_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 reconstruction of RGBA frames through a sampled latent, plus a small KL.
+
+    Training through `sample()` (not `mode()`) injects latent noise, which makes the decoder tolerant
+    of the imperfect latents the transformer will produce; the KL keeps that noise meaningful
+    instead of letting the encoder shrink it to nothing.
+    """
+    posterior = vae.encode(x).latent_dist
+    eps = torch.randn(posterior.mean.shape, generator=generator, dtype=x.dtype)
+    z = posterior.mean + posterior.std * eps
+    rec = vae.decode(z).sample
+    l1 = (rec - x).abs().mean()
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    loss = l1 + kl_weight * kl
+    return loss, {"l1": l1.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderKLQwenImage, x: torch.Tensor) -> float:
+    """PSNR (dB, RGBA in [0,1]) of mode-latent reconstructions, the path the pipeline takes."""
+    z = vae.encode(x).latent_dist.mode()
+    rec = vae.decode(z).sample.clamp(-1, 1)
+    mse = float(((rec - x) / 2).pow(2).mean())
+    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+@torch.no_grad()
+def latent_stats(vae: AutoencoderKLQwenImage, frames: torch.Tensor, chunk: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the mode latents of `frames` (N,4,1,H,W): the
+    `latents_mean`/`latents_std` the pipeline normalises with."""
+    zs = [vae.encode(frames[i : i + chunk]).latent_dist.mode() for i in range(0, len(frames), chunk)]
+    z = torch.cat(zs).transpose(0, 1).reshape(zs[0].shape[1], -1)  # (C, everything else)
+    std = z.std(dim=1).clamp_min(1e-3)
+    return [round(float(v), 6) for v in z.mean(dim=1)], [round(float(v), 6) for v in std]

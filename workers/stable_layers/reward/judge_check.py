@@ -1,0 +1,111 @@
+"""`judge-check`: how well a scorer ranks the defect ladder, how much it spreads, how stable it is.
+
+For each of `groups` ladder designs (7 candidates of known order, shuffled before scoring) the
+scorer scores the group `repeats` times. Reported:
+  spearman.<stage>     mean and min over groups of Spearman's ρ between the stage's score and the
+                       known quality (1 = perfect order); stages: reward, stage1, stage2
+  group_std.<stage>    mean within-group std of each stage (a judge that squeezes scores into a
+                       narrow band shows a small stage-1 std — the paper's motivation for stage 2)
+  retest_var.<stage>   mean over candidates of the variance of its score across repeats
+  per_level            mean reward and criteria per ladder rung (which defects the judge sees)
+  failures             parse failures, transport errors and fallbacks summed over all queries
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from stable_layers.reward.base import Candidate, Group, GroupScore, RewardScorer
+from stable_layers.reward.ladder import LEVELS, make_ladder
+from stable_layers.spec import CRITERIA
+
+STAGES = {"reward": None, "stage1": "1", "stage2": "2"}
+
+
+def _stage_values(score: GroupScore, stage: str) -> list[float | None]:
+    key = STAGES[stage]
+    if key is None:
+        return [s.reward for s in score.scores]
+    return [s.stages.get(key) for s in score.scores]
+
+
+def _spearman(values: list[float | None], quality: list[int]) -> float | None:
+    from scipy.stats import spearmanr
+
+    pairs = [(v, q) for v, q in zip(values, quality, strict=True) if v is not None]
+    if len(pairs) < 3 or len({v for v, _ in pairs}) < 2:
+        return 0.0 if len(pairs) >= 3 else None  # a constant judge ranks nothing
+    return float(spearmanr([v for v, _ in pairs], [q for _, q in pairs]).statistic)
+
+
+def ladder_groups(groups: int, size: int, seed: int) -> list[tuple[Group, list[int]]]:
+    """(shuffled group, rung index of each candidate) for `groups` designs starting at `seed`."""
+    out = []
+    for g in range(groups):
+        design_id, image, rungs = make_ladder(seed + g, size)
+        order = list(range(len(rungs)))
+        random.Random(seed * 1000 + g).shuffle(order)
+        out.append((Group(f"ladder-{design_id}", image, [Candidate(rungs[k]) for k in order]), order))
+    return out
+
+
+async def judge_check(
+    scorer: RewardScorer, *, groups: int = 4, size: int = 128, repeats: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    if groups < 1 or repeats < 1:
+        raise ValueError("groups and repeats must be >= 1")
+    data = ladder_groups(groups, size, seed)
+    rho: dict[str, list[float]] = defaultdict(list)
+    std: dict[str, list[float]] = defaultdict(list)
+    retest: dict[str, list[float]] = defaultdict(list)
+    per_level: dict[str, dict[str, list[float]]] = {lv: defaultdict(list) for lv in LEVELS}
+    failures: dict[str, float] = defaultdict(float)
+    for group, rungs in data:
+        quality = [-k for k in rungs]  # rung 0 is best
+        runs = [await scorer.score_group(group) for _ in range(repeats)]
+        for run in runs:
+            for key in ("requests", "requests_parse_error", "requests_error", "reasks", "retries", "stage1_fallbacks", "stage2_failed"):
+                failures[key] += float(run.stats.get(key, 0.0))
+            for stage in STAGES:
+                vals = _stage_values(run, stage)
+                r = _spearman(vals, quality)
+                if r is not None:
+                    rho[stage].append(r)
+                present = [v for v in vals if v is not None]
+                if len(present) > 1:
+                    std[stage].append(float(np.std(present)))
+            for k, s in zip(rungs, run.scores, strict=True):
+                per_level[LEVELS[k]]["reward"].append(s.reward)
+                for c in CRITERIA:
+                    if c in s.criteria:
+                        per_level[LEVELS[k]][c].append(s.criteria[c])
+        if repeats > 1:
+            for stage in STAGES:
+                table = [_stage_values(run, stage) for run in runs]
+                for i in range(len(group.candidates)):
+                    col = [row[i] for row in table if row[i] is not None]
+                    if len(col) == repeats:
+                        retest[stage].append(float(np.var(col)))
+
+    def summary(d: dict[str, list[float]], how: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stage, vals in d.items():
+            out[stage] = {"mean": float(np.mean(vals)), "min": float(np.min(vals))} if how == "rho" else float(np.mean(vals))
+        return out
+
+    return {
+        "scorer": getattr(scorer, "name", type(scorer).__name__),
+        "groups": groups,
+        "repeats": repeats,
+        "size": size,
+        "levels": list(LEVELS),
+        "spearman": summary(rho, "rho"),
+        "group_std": summary(std, "mean"),
+        "retest_var": summary(retest, "mean"),
+        "per_level": {lv: {k: float(np.mean(v)) for k, v in d.items()} for lv, d in per_level.items()},
+        "failures": dict(failures),
+    }

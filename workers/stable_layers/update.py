@@ -1,0 +1,195 @@
+"""The policy update of one iteration: replay, accumulate, `optimizerStepsPerIteration` steps.
+
+Each rank replays its own kept samples (advantage != 0) in micro-batches of at most
+`grpo.microBatchSize` candidates of one rollout, and for every micro-batch every trained SDE step
+k: log-prob and mean under the current LoRA (with gradient), the reference mean under the
+disabled adapter when `klBeta > 0`, the surrogate of `grpo.py`, then backward. The micro-batches
+of the iteration are cut into `optimizerStepsPerIteration` consecutive chunks (or chunks of
+`gradientAccumulationSteps`), one optimizer step each: the first is on-policy, later ones
+slightly off-policy (method.md §1.3E).
+
+Equal work across ranks: DeepSpeed reduces gradients inside every backward, so every rank must
+call backward equally often. Ranks with fewer kept samples pad with zero-weight micro-batches.
+Each (sample, step) term is weighted `world_size / (N·K)` — N the kept samples of the chunk over
+all ranks, K trained steps — so the rank-averaged gradient is exactly the mean over the chunk, the
+same as one process training the whole batch (tested against plain torch).
+
+A chunk with no kept sample on any rank (every group had identical rewards) makes no optimizer
+update but still counts as a step (`skipped: true` in its record), so `maxSteps` always ends the
+run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from stable_layers.collect import IterationBatch
+from stable_layers.distributed import DistContext, TrainEngine
+from stable_layers.grpo import RatioConfig, SurrogateOutput, summarize, surrogate
+from stable_layers.spec import RunSpec
+
+
+class LoraEMA:
+    """EMA of the trainable tensors, decay `min((1+n)/(10+n), decay)` (flow_grpo's warm-up),
+    updated every `every` optimizer steps; `swapped()` puts the averages in place temporarily."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float, every: int):
+        self.params, self.decay, self.every = params, decay, every
+        self.shadow = [p.detach().clone() for p in params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def maybe_update(self, step: int) -> None:
+        if step % self.every:
+            return
+        d = min((1 + self.updates) / (10 + self.updates), self.decay)
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": [s.cpu() for s in self.shadow], "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s, v in zip(self.shadow, state["shadow"], strict=True):
+            s.copy_(v)
+        self.updates = int(state["updates"])
+
+    def swap(self) -> None:
+        """Exchange live weights and averages (call twice to undo)."""
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params, strict=True):
+                tmp = p.detach().clone()
+                p.copy_(s)
+                s.copy_(tmp)
+
+
+@dataclass
+class MicroBatch:
+    rollout: Any  # sampler.Rollout
+    index: list[int]
+    advantages: torch.Tensor
+    dummy: bool = False
+
+
+@dataclass
+class StepResult:
+    """One optimizer step's diagnostics (identical on every rank)."""
+
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    grad_norm: float = float("nan")
+    skipped: bool = False
+    update_seconds: float = 0.0
+    steps_in_iteration: int = 1
+
+
+def plan_micro_batches(batch: IterationBatch, micro_batch_size: int) -> list[MicroBatch]:
+    """This rank's kept samples in micro-batches that never cross a rollout."""
+    out = []
+    for lr in batch.rollouts:
+        kept = [(j, c) for j, c in enumerate(lr.cands) if batch.keep[(lr.image_index, c)]]
+        for start in range(0, len(kept), micro_batch_size):
+            part = kept[start : start + micro_batch_size]
+            adv = torch.tensor([batch.advantages[(lr.image_index, c)] for _, c in part], dtype=torch.float32)
+            out.append(MicroBatch(lr.rollout, [j for j, _ in part], adv))
+    return out
+
+
+def _chunks(n: int, spec: RunSpec) -> list[list[int]]:
+    g = spec.grpo
+    if g.gradient_accumulation_steps is None:
+        steps = g.optimizer_steps_per_iteration
+    else:
+        steps = max(1, -(-n // g.gradient_accumulation_steps))
+    return [list(c) for c in np.array_split(np.arange(n), steps)]
+
+
+def _replay(policy: Any, mb: MicroBatch, k: int, cfg: RatioConfig) -> SurrogateOutput:
+    from stable_layers.model import reference_policy
+    from stable_layers.sampler import replay_log_prob
+
+    r, idx = mb.rollout, mb.index
+    logp, mean, _ = replay_log_prob(policy, r, idx, k)
+    ref_mean = None
+    if cfg.kl_beta > 0:
+        with reference_policy(policy):
+            _, ref_mean, _ = replay_log_prob(policy, r, idx, k)
+    return surrogate(
+        logp,
+        r.log_probs[idx, k],
+        mb.advantages.to(logp.device),
+        cfg,
+        mean=mean,
+        old_mean=r.means[idx, k],
+        ref_mean=ref_mean,
+        step_std=r.stds[idx, k],
+        dt=r.sigmas[idx, k] - r.sigmas_next[idx, k],
+    )
+
+
+def update_steps(
+    spec: RunSpec,
+    policy: Any,
+    engine: TrainEngine,
+    batch: IterationBatch,
+    ctx: DistContext,
+    *,
+    ema: LoraEMA | None = None,
+    first_step: int = 0,
+) -> Iterator[StepResult]:
+    """Run the iteration's optimizer steps, yielding after each (the caller may stop early)."""
+    cfg = RatioConfig.from_spec(spec.grpo)
+    mbs = plan_micro_batches(batch, spec.grpo.micro_batch_size)
+    sizes = ctx.all_gather_object([len(mb.index) for mb in mbs])
+    n_max = max(len(s) for s in sizes)
+    k_steps = int(batch.rollouts[0].rollout.latents.shape[1])
+    dummy = MicroBatch(batch.rollouts[0].rollout, [0], torch.zeros(1), dummy=True)
+    chunks = _chunks(n_max, spec)
+    for n, chunk in enumerate(chunks):
+        t0 = time.perf_counter()
+        total = sum(s[p] for s in sizes for p in chunk if p < len(s))
+        if total == 0:
+            yield StepResult(skipped=True, update_seconds=time.perf_counter() - t0, steps_in_iteration=len(chunks))
+            continue
+        weight = ctx.world_size / (total * k_steps)
+        outputs: list[SurrogateOutput] = []
+        for pos_i, p in enumerate(chunk):
+            mb = mbs[p] if p < len(mbs) else dummy
+            for k in range(k_steps):
+                out = _replay(policy, mb, k, cfg)
+                scale = 0.0 if mb.dummy else weight
+                boundary = pos_i == len(chunk) - 1 and k == k_steps - 1
+                engine.backward(out.loss.sum() * scale, boundary=boundary)
+                if not mb.dummy:
+                    outputs.append(out)
+        grad_norm = engine.step()
+        if ema is not None:
+            ema.maybe_update(first_step + n + 1)
+        diag = _global_summary(outputs, cfg, ctx)
+        yield StepResult(
+            diag,
+            samples=total,
+            grad_norm=grad_norm,
+            update_seconds=time.perf_counter() - t0,
+            steps_in_iteration=len(chunks),
+        )
+
+
+def _global_summary(outputs: list[SurrogateOutput], cfg: RatioConfig, ctx: DistContext) -> dict[str, float]:
+    fields_ = ("loss", "policy_loss", "kl", "ratio", "log_ratio", "raw_log_ratio")
+    local = {f: torch.cat([getattr(o, f).detach().float().cpu().flatten() for o in outputs]) if outputs else
+             torch.zeros(0) for f in fields_}  # fmt: skip
+    if ctx.world_size > 1:
+        parts = ctx.all_gather_object(local)
+        local = {f: torch.cat([p[f] for p in parts]) for f in fields_}
+    merged = SurrogateOutput(**local)
+    diag = summarize([merged], cfg.clip_range)
+    diag["loss"] = float(merged.loss.double().mean())
+    return diag
