@@ -15,7 +15,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # The CUDA PyTorch base of the worker: torch, CUDA 12.8 and cuDNN 9 come from here; pip keeps this
 # torch because pyproject's worker extra only asks for torch>=2.5.
 ARG TORCH_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
-ARG APP_UID=10001
+ARG APP_UID=65532
 
 # ---------------------------------------------------------------------------------------------
 # operator: build a virtualenv with the slim core (pip install . — no extras), copy it into a

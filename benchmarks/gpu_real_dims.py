@@ -93,7 +93,6 @@ def main() -> int:
         device, dtype = torch.device("cuda"), torch.bfloat16
 
     from peft import LoraConfig
-
     from stable_layers import sampler as S
     from stable_layers.model import Policy
     from stable_layers.spec import QWEN_LORA_TARGETS, SamplerSpec
@@ -124,14 +123,23 @@ def main() -> int:
     seeds = list(range(args.group))
     hw = (args.resolution // 16) ** 2
     tokens = (args.layers + 2) * hw + TEXT_TOKENS  # L+1 generated frames + condition frame + text
-    f_fwd = flops_per_forward(n_params, tokens, cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["num_layers"])
+    f_fwd = flops_per_forward(
+        n_params, tokens, cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["num_layers"]
+    )
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     # warm-up: one short rollout (kernels, RoPE caches)
-    S.sample_group(policy, image, group_size=1, sampler=sampler.model_copy(update={"train_steps": 2, "sde_window_range": (0, 1), "sde_window_size": 1}), seeds=[0], window_start=0)
+    S.sample_group(
+        policy,
+        image,
+        group_size=1,
+        sampler=sampler.model_copy(update={"train_steps": 2, "sde_window_range": (0, 1), "sde_window_size": 1}),
+        seeds=[0],
+        window_start=0,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync()
@@ -148,7 +156,9 @@ def main() -> int:
     )
 
     transformer.add_adapter(
-        LoraConfig(r=args.rank, lora_alpha=2 * args.rank, init_lora_weights="gaussian", target_modules=QWEN_LORA_TARGETS)
+        LoraConfig(
+            r=args.rank, lora_alpha=2 * args.rank, init_lora_weights="gaussian", target_modules=QWEN_LORA_TARGETS
+        )
     )
     lora = [p for n, p in transformer.named_parameters() if ".lora_" in n]
     for p in lora:

@@ -36,7 +36,6 @@ def rendered() -> dict[Path, str]:
         ROOT / "manifests/crd/stablelayersruns.stablelayers.io.yaml": crd,
         ROOT / "charts/stable-layers-operator/crds/stablelayersruns.stablelayers.io.yaml": crd,
         ROOT / "manifests/rbac/rbac.yaml": docs(manifests.rbac()),
-        ROOT / "manifests/rbac/rules.yaml": doc({"rules": manifests.RBAC_RULES}),
         ROOT / "manifests/operator/deployment.yaml": doc(manifests.operator_deployment()),
         ROOT / "manifests/kustomization.yaml": doc(manifests.kustomization()),
     }

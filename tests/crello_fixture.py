@@ -79,7 +79,14 @@ def text_image(word: str) -> Image.Image:
     return img
 
 
-def element(type_: str, img: Image.Image, box: tuple[float, float, float, float], angle: float = 0.0, opacity: float = 1.0, text: str = "") -> dict[str, Any]:
+def element(
+    type_: str,
+    img: Image.Image,
+    box: tuple[float, float, float, float],
+    angle: float = 0.0,
+    opacity: float = 1.0,
+    text: str = "",
+) -> dict[str, Any]:
     n = len(text)
     return {
         "type": TYPES.index(type_),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from stable_layers.reward.base import Candidate, CandidateScore, Group, GroupScore
 from stable_layers.spec import CRITERIA
 
@@ -30,7 +29,9 @@ EXPORTED = [
 def make_group(image_id: str, g: int = 4, layers: int = 2, size: int = 8, seed: int = 0) -> Group:
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
-    cands = [Candidate([rng.integers(0, 256, (size, size, 4), dtype=np.uint8) for _ in range(layers)]) for _ in range(g)]
+    cands = [
+        Candidate([rng.integers(0, 256, (size, size, 4), dtype=np.uint8) for _ in range(layers)]) for _ in range(g)
+    ]
     return Group(image_id, img, cands)
 
 
@@ -39,7 +40,9 @@ def make_score(image_id: str, rewards: list[float], *, stage2: bool = True, judg
     for i, r in enumerate(rewards):
         crit = {c: min(1.0, 0.1 * (k + 1) + 0.01 * i) for k, c in enumerate(CRITERIA)}
         stages = {"1": r} if not stage2 else {"1": r, "2": 1.0 - r}
-        scores.append(CandidateScore(reward=r, criteria=crit, stages=stages, flags={"blank_layer": False}, raw={"n": i}))
+        scores.append(
+            CandidateScore(reward=r, criteria=crit, stages=stages, flags={"blank_layer": False}, raw={"n": i})
+        )
     stats: dict[str, float] = {"score_seconds": 0.3}
     latencies: list[float] = []
     if judge:  # the keys reward/vlm.py writes: G rubric requests + 1 grid + 1 re-ask after a parse error

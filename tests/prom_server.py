@@ -6,6 +6,7 @@ evaluation interval and its own TSDB directory; `stop()` (call it from a finaliz
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -21,6 +22,8 @@ from typing import Any
 
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "observability" / "alerts.rules.yaml"
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 SKIP_REASON = "the prometheus binary is not installed (scripts/install-test-tools.sh installs the Debian package)"
@@ -102,3 +105,17 @@ def start_prometheus(workdir: Path, targets: list[str], rule_files: list[Path] =
         time.sleep(0.2)
     prom.stop()
     raise AssertionError(f"prometheus not ready after 30 s: {log.read_text()[-2000:]}")
+
+
+def load_dashboard_generator() -> Any:
+    """dashboards/generate.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("dashboards_generate", ROOT / "dashboards" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grafana_to_promql(expr: str, namespace: str = "ns", run: str = "r1") -> str:
+    """What Grafana sends for one selected run: variables substituted, $__rate_interval = 4 × scrape."""
+    return expr.replace("$namespace", namespace).replace("$run", run).replace("$__rate_interval", "4s")

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
 from stable_layers.reward.base import Candidate, Group
 from stable_layers.spec import CRITERIA
 
@@ -66,7 +65,9 @@ def colour_judge(n: int, *, fail_for: set[int] = frozenset(), scale: int = 10):
             k = order[0]
             if k in fail_for:
                 return "I think it is fine."
-            return json.dumps({**dict.fromkeys(CRITERIA, min(k, scale)), "blank_layer": False, "duplicate_of_composite": False})
+            return json.dumps(
+                {**dict.fromkeys(CRITERIA, min(k, scale)), "blank_layer": False, "duplicate_of_composite": False}
+            )
         assert len(order) == n, f"the grid should show all {n} candidates, saw {order}"
         return json.dumps({str(pos + 1): min(k, scale) for pos, k in enumerate(order)})
 

@@ -8,8 +8,10 @@ trainer pod is configured) and creates the bucket `test-bucket`.
 
 from __future__ import annotations
 
+import functools
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,11 @@ BUCKET = "test-bucket"
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -44,9 +50,15 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    raw_client(moto_endpoint).create_bucket(Bucket=BUCKET)
+    yield moto_endpoint
+
+
+@functools.cache
+def raw_client(endpoint: str) -> Any:
+    """A plain boto3 client of the moto server (for checks behind the store's back)."""
     import boto3
 
-    boto3.session.Session().client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=BUCKET
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing").client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1"
     )
-    yield moto_endpoint

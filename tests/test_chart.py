@@ -137,10 +137,14 @@ def test_watch_namespaces_switch_args_and_rbac_scope() -> None:
     ]
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team-a", "ml-team-b"]
-    cluster_resources = {r for rule in one(docs, "ClusterRole")["rules"] for r in rule["resources"]}
+    cluster_resources = {
+        r for role in by_kind(docs, "ClusterRole") for rule in role["rules"] for r in rule["resources"]
+    }
     role_resources = {r for rule in roles[0]["rules"] for r in rule["resources"]}
     assert "stablelayersruns" in role_resources
     assert "stablelayersruns" not in cluster_resources, "namespaced mode must not grant cluster-wide run access"
+    if not sync_chart_files.split_rules(sync_chart_files.manifest_rules())["clusterRules"]:
+        assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
     for binding in by_kind(docs, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {"kind": "ServiceAccount", "name": "slo-operator", "namespace": NAMESPACE}
@@ -217,6 +221,8 @@ def test_existing_service_account_must_be_named() -> None:
         ("--set", "metrics.serviceMonitor.interval=30", "metrics.serviceMonitor.interval"),
         # An unquoted number is not a tag (use --set-string); helm would otherwise render "2".
         ("--set", "image.tag=2", "image.tag"),
+        # The tag belongs in image.tag; a tag smuggled into the repository would yield "repo:latest:0.1.0".
+        ("--set", "image.repository=ghcr.io/x/operator:latest", "image.repository"),
     ],
 )
 def test_values_schema_rejects_bad_values(flag: str, setting: str, error: str) -> None:
@@ -304,7 +310,7 @@ def test_chart_rbac_equals_manifests_rbac() -> None:
     assert normalise_rules(chart_rules) == normalise_rules(sync_chart_files.manifest_rules())
     # Namespaced mode grants the same triples, just split over a ClusterRole and per-namespace Roles.
     docs = render(values=ALL_OPTIONAL)
-    cluster = normalise_rules(one(docs, "ClusterRole")["rules"])
+    cluster = normalise_rules([r for role in by_kind(docs, "ClusterRole") for r in role["rules"]])
     for role in by_kind(docs, "Role"):
         assert cluster | normalise_rules(role["rules"]) == normalise_rules(sync_chart_files.manifest_rules())
 
@@ -327,3 +333,65 @@ def test_pod_monitor_selects_the_trainer_pods_the_operator_creates() -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     port_names = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= port_names
+
+
+def test_chart_deployment_agrees_with_manifests_deployment() -> None:
+    """Same program, same arguments (as the operator parses them), ports, strategy and user."""
+    from stable_layers_operator import main
+
+    (manifest,) = [
+        d
+        for p in sorted((MANIFESTS / "operator").glob("*.yaml"))
+        for d in load_yaml_docs(p)
+        if d["kind"] == "Deployment"
+    ]
+    chart = one(render(), "Deployment")
+    (mc,) = manifest["spec"]["template"]["spec"]["containers"]
+    (cc,) = chart["spec"]["template"]["spec"]["containers"]
+    assert cc["command"] == mc["command"]
+    assert vars(main.parse_args(cc["args"])) == vars(main.parse_args(mc["args"]))
+    assert {(p["name"], p["containerPort"]) for p in cc["ports"]} == {
+        (p["name"], p["containerPort"]) for p in mc["ports"]
+    }
+    assert chart["spec"]["strategy"] == manifest["spec"]["strategy"] and chart["spec"]["replicas"] == 1
+    run_as = mc.get("securityContext", {}).get("runAsUser") or manifest["spec"]["template"]["spec"][
+        "securityContext"
+    ].get("runAsUser")
+    assert chart["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == run_as
+
+
+def test_install_helm_is_a_fast_no_op_when_installed() -> None:
+    import subprocess
+    import time
+
+    installed = ROOT / ".tools" / "bin" / "helm"
+    if not installed.is_file():
+        pytest.skip("helm not installed in .tools/bin (found elsewhere on PATH)")
+    before = installed.stat().st_mtime_ns
+    started = time.perf_counter()
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr
+    assert installed.stat().st_mtime_ns == before, "an installed helm of the pinned version must not be replaced"
+    assert elapsed < 5, f"install-helm.sh took {elapsed:.1f}s with helm already installed"
+
+
+def test_helm_package_ships_crd_and_synced_files(tmp_path: Path) -> None:
+    import tarfile
+
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("stable-layers-operator-*.tgz")
+    assert archive.name == f"stable-layers-operator-{CHART_META['version']}.tgz"
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    for member in (
+        "crds/stablelayersruns.stablelayers.io.yaml",
+        "files/rbac.yaml",
+        "files/prometheus-rules.yaml",
+        "files/dashboards/stable-layers.json",
+        "values.schema.json",
+        "templates/NOTES.txt",
+    ):
+        assert f"stable-layers-operator/{member}" in names, member

@@ -3,7 +3,6 @@ Prometheus scraping a real PrometheusCallback, and promtool checks and unit-test
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import threading
@@ -14,27 +13,27 @@ from pathlib import Path
 import pytest
 import yaml
 from metrics_data import EXPORTED, make_group, make_score, step_record
-from prom_server import PROMETHEUS, PROMTOOL, SKIP_REASON, Prometheus, finite_values, start_prometheus
-
+from prom_server import (
+    PROMETHEUS,
+    PROMTOOL,
+    RULES,
+    SKIP_REASON,
+    Prometheus,
+    finite_values,
+    grafana_to_promql,
+    load_dashboard_generator,
+    start_prometheus,
+)
 from stable_layers.metrics import PrometheusCallback
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "observability" / "alerts.rules.yaml"
 RULES_TEST = ROOT / "observability" / "alerts.test.yaml"
 ALERTS = {"StableLayersRewardSpreadCollapsed", "StableLayersJudgeFailureRateHigh", "StableLayersNoTrainingProgress"}
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("dashboards_generate", ROOT / "dashboards" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_dashboard_generator()
 
 
 def test_checked_in_files_match_the_generator() -> None:
@@ -72,7 +71,9 @@ def test_prometheus_rule_manifest_wraps_the_plain_rules() -> None:
 # ---------------------------------------------------------------- promtool
 
 
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=SKIP_REASON.replace("prometheus binary", "promtool binary"))
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason=SKIP_REASON.replace("prometheus binary", "promtool binary")
+)
 
 
 @needs_promtool
@@ -145,11 +146,6 @@ def prometheus(tmp_path: Path, exporter: PrometheusCallback) -> Iterator[Prometh
         yield prom
     finally:
         prom.stop()
-
-
-def grafana_to_promql(expr: str, namespace: str = "ns", run: str = "r1") -> str:
-    """What Grafana sends for one selected run: variables substituted, $__rate_interval = 4 × scrape."""
-    return expr.replace("$namespace", namespace).replace("$run", run).replace("$__rate_interval", "4s")
 
 
 @pytest.mark.system

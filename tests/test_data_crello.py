@@ -7,7 +7,6 @@ from pathlib import Path
 import crello_fixture as cf
 import numpy as np
 import pytest
-
 from stable_layers.data.crello import CrelloError, CrelloStats, iter_designs, load_rows
 from stable_layers.eval.layerd import evaluate_pair
 from stable_layers.layers import composite, to_uint8
@@ -97,5 +96,5 @@ def test_bad_sources(tmp_path: Path):
     with pytest.raises(CrelloError, match="does not exist"):
         list(iter_designs(str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CrelloError, match="no .parquet"):
+    with pytest.raises(CrelloError, match=r"no \.parquet"):
         list(iter_designs(str(tmp_path / "empty")))

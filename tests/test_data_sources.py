@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import operator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
-
 from stable_layers.data.sources import DataSourceError, SourceStats, decode_image, iter_images
 from stable_layers.spec import DataSpec
 
@@ -61,7 +62,7 @@ def test_missing_or_empty_sources_are_clear_errors(tmp_path: Path):
     (tmp_path / "empty" / "readme.md").write_text("x")
     with pytest.raises(DataSourceError, match="holds no images"):
         list(iter_images(DataSpec(kind="folder", path=str(tmp_path / "empty"))))
-    with pytest.raises(DataSourceError, match="no .parquet"):
+    with pytest.raises(DataSourceError, match=r"no \.parquet"):
         list(iter_images(DataSpec(kind="parquet", path=str(tmp_path / "empty"))))
 
 
@@ -69,8 +70,8 @@ def test_sharding_is_disjoint_complete_and_balanced(folder: Path):
     spec = DataSpec(kind="folder", path=str(folder), seed=3)
     everything = ids(spec)
     shards = [ids(spec, rank=r, world_size=3) for r in range(3)]
-    assert sorted(sum(shards, [])) == sorted(everything)
-    assert len(set(sum(shards, []))) == len(everything)
+    assert sorted(functools.reduce(operator.iadd, shards, [])) == sorted(everything)
+    assert len(set(functools.reduce(operator.iadd, shards, []))) == len(everything)
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     with pytest.raises(ValueError, match="outside world_size"):
         ids(spec, rank=3, world_size=3)
@@ -101,7 +102,9 @@ def test_parquet_with_hf_image_column_row_groups_and_a_bad_row(tmp_path: Path):
     shard_dir = tmp_path / "pq"
     shard_dir.mkdir()
     pq.write_table(table, shard_dir / "train-0.parquet", row_group_size=3)
-    pq.write_table(pa.table({"image": pa.array(values[:2], type=image_type), "label": [0, 1]}), shard_dir / "train-1.parquet")
+    pq.write_table(
+        pa.table({"image": pa.array(values[:2], type=image_type), "label": [0, 1]}), shard_dir / "train-1.parquet"
+    )
     stats = SourceStats()
     recs = list(iter_images(DataSpec(kind="parquet", path=str(shard_dir)), stats=stats))
     assert stats.skipped == 1 and stats.skipped_ids == ["train-0.parquet:1:1"]
@@ -121,7 +124,10 @@ def test_datasets_save_to_disk_folder(tmp_path: Path):
     import datasets
 
     pics = [Image.fromarray(picture(i), "RGBA") for i in range(4)]
-    ds = datasets.Dataset.from_dict({"id": [f"d{i}" for i in range(4)], "img": pics}, features=datasets.Features({"id": datasets.Value("string"), "img": datasets.Image()}))
+    ds = datasets.Dataset.from_dict(
+        {"id": [f"d{i}" for i in range(4)], "img": pics},
+        features=datasets.Features({"id": datasets.Value("string"), "img": datasets.Image()}),
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     recs = list(iter_images(DataSpec(kind="parquet", path=str(tmp_path / "ds"), image_column="img", shuffle=False)))
     assert [r.id for r in recs] == ["d0", "d1", "d2", "d3"]

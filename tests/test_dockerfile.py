@@ -180,3 +180,13 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_local_state() -> Non
         assert not any(fnmatch.fnmatch(path, p) or path.startswith(p + "/") for p in patterns), f"{path} is ignored"
     for local in (".git", ".venv", ".tools", "runs", "tests"):
         assert local in patterns, f".dockerignore should exclude {local}"
+
+
+def test_exposed_ports_match_the_chart_and_the_trainer() -> None:
+    values = yaml.safe_load((ROOT / "charts/stable-layers-operator/values.yaml").read_text(encoding="utf-8"))
+    operator_ports = {int(p) for p in (TARGETS["operator"].last("EXPOSE") or "").split()}
+    assert operator_ports == {values["liveness"]["port"], values["metrics"]["port"]}
+    from stable_layers_operator.resource import TrainerSpec
+
+    worker_ports = {int(p) for p in (TARGETS["worker"].last("EXPOSE") or "").split()}
+    assert worker_ports == {TrainerSpec().metrics_port}

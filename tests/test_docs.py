@@ -101,3 +101,16 @@ def test_commands_point_at_existing_paths(doc: Path) -> None:
         assert (ROOT / path / "Chart.yaml").is_file(), f"{doc.name}: no chart at {path}"
     for script in re.findall(r"bash (scripts/\S+\.sh)", text):
         assert (ROOT / script).is_file(), f"{doc.name}: {script} does not exist"
+
+
+def test_readme_cli_commands_exist() -> None:
+    from stable_layers.cli import app
+
+    registered = {c.name for c in app.registered_commands}
+    text = README.read_text(encoding="utf-8")
+    used = re.findall(r"\.venv/bin/stable-layers (\w[\w-]*)", text)
+    assert {"train", "eval"} <= set(used)
+    for command in set(used):
+        assert command in registered, f"README uses `stable-layers {command}`, which the CLI does not have"
+    for spec in re.findall(r"\.venv/bin/stable-layers \w+ (\S+\.yaml)", text):
+        assert (ROOT / spec).is_file(), f"README runs {spec}, which does not exist"

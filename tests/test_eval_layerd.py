@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from stable_layers.eval.layerd import (
     aggregate_levels,
     dtw_path,

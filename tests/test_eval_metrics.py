@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from stable_layers.eval.metrics import (
     aggregate,
     artifact_heavy,
@@ -86,7 +85,11 @@ def test_degenerate_background():
     # background = the input (nothing inpainted) while a foreground layer is non-blank
     copy_bg = np.concatenate([IMAGE, np.full((S, S, 1), 255, np.uint8)], axis=-1)
     assert design_metrics([copy_bg, GT[1]], IMAGE, TH)["degenerate_bg"]
-    # ... but not when every foreground layer is blank (a one-layer image is legitimately all bg)
+    # an inpainted background under a small element is not a copy, though it is close overall
+    small = box(30, 33, 30, 33)
+    image_small = flatten([GT[0], small])
+    assert not design_metrics([GT[0], small], image_small, TH)["degenerate_bg"]
+    # ... nor when every foreground layer is blank (a one-layer image is legitimately all bg)
     assert not design_metrics([copy_bg, np.zeros((S, S, 4), np.uint8)], IMAGE, TH)["degenerate_bg"]
 
 

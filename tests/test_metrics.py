@@ -9,7 +9,6 @@ import urllib.request
 import pytest
 from metrics_data import EXPORTED, make_group, make_score, step_record
 from prometheus_client.parser import text_string_to_metric_families
-
 from stable_layers.metrics import PrometheusCallback, group_summary, judge_outcomes
 from stable_layers.reward.base import CandidateScore, GroupScore
 from stable_layers.spec import CRITERIA
@@ -130,9 +129,10 @@ def test_non_finite_values_are_skipped() -> None:
 
 
 def test_served_over_http_and_two_exporters_coexist() -> None:
-    with PrometheusCallback("r1", "ns", port=0, addr="127.0.0.1") as a, PrometheusCallback(
-        "r2", "ns", port=0, addr="127.0.0.1"
-    ) as b:
+    with (
+        PrometheusCallback("r1", "ns", port=0, addr="127.0.0.1") as a,
+        PrometheusCallback("r2", "ns", port=0, addr="127.0.0.1") as b,
+    ):
         a.on_step(step_record(3))
         b.on_step(step_record(4))
         assert a.port and b.port and a.port != b.port
@@ -150,3 +150,25 @@ def test_promtool_check_metrics_accepts_the_exposition() -> None:
         ["promtool", "check", "metrics"], input=cb.exposition(), capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_exporter_from_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stable_layers.metrics import exporter_from_spec
+    from stable_layers.spec import parse_run_spec
+
+    spec = parse_run_spec({"name": "r1", "metrics": {"groupStdBuckets": [0.01, 0.1]}})
+    assert exporter_from_spec(spec) is None  # no port anywhere: no exporter
+    monkeypatch.setenv("POD_NAMESPACE", "ml")
+    with exporter_from_spec(spec, port=0) as cb:  # type: ignore[union-attr]
+        assert cb.namespace == "ml" and cb.port
+        cb.on_group(1, make_group("a"), make_score("a", [0.0, 0.04]), [-1.0, 1.0])
+        got = samples(cb.exposition())
+        bucket = "stable_layers_group_reward_std_bucket"
+        key = (("namespace", "ml"), ("run", "r1"))
+        assert got[(bucket, (("le", "0.01"), *key))] == 0  # std of (0, 0.04) = 0.02
+        assert got[(bucket, (("le", "0.1"), *key))] == 1
+        assert {le for (name, labels), _ in got.items() if name == bucket for k, le in labels if k == "le"} == {
+            "0.01",
+            "0.1",
+            "+Inf",
+        }

@@ -184,3 +184,13 @@ def test_load_from_a_local_pipeline_directory(tmp_path: Path) -> None:
     torch.testing.assert_close(pol.prompt_embeds, ref.prompt_embeds)
     x, cond = _inputs(ref)
     torch.testing.assert_close(_v(pol, x, cond), _v(ref, x, cond))
+
+
+def test_tiny_preset_loads_the_shipped_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "assets" / "tiny"
+    model.tiny_pipeline(seed=4).save_pretrained(shipped)
+    monkeypatch.setattr(model, "TINY_ASSETS", shipped)
+    pol = model.load_policy(_spec(preset="tiny"), with_lora=False)
+    assert pol.dtype == torch.float32 and pol.pipe.text_encoder is not None  # presets keep it for __call__
+    expected = model.tiny_pipeline(seed=4).transformer.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in pol.transformer.state_dict().items())

@@ -9,8 +9,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
-from reward_helpers import candidates_by_row, coloured_group, colour_judge, decode_image
+from reward_helpers import candidates_by_row, colour_judge, coloured_group, decode_image
 from stable_layers.reward import build_scorer
 from stable_layers.reward.fake_server import FakeJudgeServer
 from stable_layers.reward.vlm import JudgeConfigError
@@ -112,10 +111,13 @@ def test_grid_order_changes_between_queries(server):
 
 
 def test_concurrency_limit(server):
-    server.delay = 0.15
+    # answers slow enough that every request is in flight before the first one returns, even when
+    # rendering and PNG encoding stagger their start on a busy machine
+    server.delay = 0.6
     score(make_spec(server, max_concurrency=3), coloured_group(8))
     assert server.max_in_flight == 3
     server.max_in_flight = 0
+    server.delay = 1.5
     score(make_spec(server, max_concurrency=16), coloured_group(8))
     assert server.max_in_flight == 9  # the whole group: 8 panels and the grid at once
 
@@ -182,7 +184,9 @@ def test_unparseable_twice_gets_group_mean_and_zero_advantage(server):
 def test_grid_failure_falls_back_to_stage1(server):
     n = 4
     answer = colour_judge(n)
-    server.answer = lambda body: "nope" if "1" in body["response_format"]["json_schema"]["schema"]["properties"] else answer(body)
+    server.answer = lambda body: (
+        "nope" if "1" in body["response_format"]["json_schema"]["schema"]["properties"] else answer(body)
+    )
     result = score(make_spec(server), coloured_group(n))
     assert result.stats["stage2_failed"] == 1
     assert [s.reward for s in result.scores] == pytest.approx([k / 10 for k in range(n)])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from reward_helpers import candidates_by_row, coloured_group
 from stable_layers.reward.panels import data_url, render_grid, render_panel, shuffle_order, tile_labels
 from stable_layers.reward.prompts import ParseError, parse_stage1, parse_stage2, stage1_schema, stage2_schema
@@ -63,8 +62,14 @@ def test_parsing():
     good = '{"semantic_separation": 3, "alpha_cleanliness": 4, "background_inpainting": 5, "feature_distribution": 6, "content_validity": 7.0, "blank_layer": true, "duplicate_of_composite": false}'
     scores, flags = parse_stage1("```json\n" + good + "\n```", 10)
     assert scores["content_validity"] == 7 and flags == {"blank_layer": True, "duplicate_of_composite": False}
-    for bad in ["", "not json", good.replace("3", "11"), good.replace("4", "4.5"), good.replace('"semantic_separation": 3,', ""),
-                good.replace("true", '"yes"')]:
+    for bad in [
+        "",
+        "not json",
+        good.replace("3", "11"),
+        good.replace("4", "4.5"),
+        good.replace('"semantic_separation": 3,', ""),
+        good.replace("true", '"yes"'),
+    ]:
         with pytest.raises(ParseError):
             parse_stage1(bad, 10)
     assert parse_stage2('{"1": 0, "2": 10, "3": 5}', 3, 10) == [0, 10, 5]

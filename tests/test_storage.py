@@ -11,10 +11,8 @@ import os
 import time
 from pathlib import Path
 
-import boto3
 import pytest
-from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
-
+from s3_server import BUCKET, moto_endpoint, raw_client, s3_env  # noqa: F401
 from stable_layers import storage
 from stable_layers.storage import (
     AlreadyExistsError,
@@ -54,7 +52,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> storage.Store:
 
 
 def raw_s3():
-    return boto3.session.Session().client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    return raw_client(os.environ["AWS_ENDPOINT_URL"])
 
 
 def test_bytes_roundtrip_list_exists_delete(store: storage.Store) -> None:
@@ -250,7 +248,9 @@ def test_bad_credentials_error(s3_env: str) -> None:  # noqa: F811
     store = open_store(f"s3://{BUCKET}/run", attempts=3, backoff=0.01)
     with Stubber(store.client) as stub:  # type: ignore[attr-defined]
         stub.add_client_error("get_object", "InvalidAccessKeyId", "bad key", http_status_code=403)
-        with pytest.raises(StorageError, match=r"s3://test-bucket/run/progress\.json: access denied.*AWS_ACCESS_KEY_ID"):
+        with pytest.raises(
+            StorageError, match=r"s3://test-bucket/run/progress\.json: access denied.*AWS_ACCESS_KEY_ID"
+        ):
             read_progress(store)
         stub.assert_no_pending_responses()  # one call: permanent errors are not retried
 
@@ -265,3 +265,14 @@ def test_transient_errors_are_retried(s3_env: str) -> None:  # noqa: F811
         stub.add_response("head_object", {"ContentLength": 1})
         assert store.exists("x")
         stub.assert_no_pending_responses()
+
+
+def test_missing_credentials_error(s3_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = open_store(f"s3://{BUCKET}/run", attempts=1)
+    with pytest.raises(StorageError, match=r"s3://test-bucket/run/progress\.json: no S3 credentials found"):
+        read_progress(store)

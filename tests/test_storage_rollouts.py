@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from metrics_data import make_group, make_score
-
 from stable_layers.layers import as_rgba_array
 from stable_layers.rollouts import RolloutRecorder, group_dir, sampled
 from stable_layers.storage import open_store
@@ -82,3 +81,14 @@ def test_write_failure_never_raises_into_training(tmp_path: Path) -> None:
     rec.on_group(1, make_group("a"), make_score("a", [0.1, 0.9, 0.3, 0.4]), [0.0] * 4)
     rec.on_end({})
     assert rec.failed == 1 and rec.written == 0
+
+
+def test_recorder_from_spec(tmp_path: Path) -> None:
+    from stable_layers.rollouts import recorder_from_spec
+    from stable_layers.spec import parse_run_spec
+
+    store = open_store(tmp_path)
+    assert recorder_from_spec(parse_run_spec({"rollouts": {"rate": 0}}), store) is None
+    rec = recorder_from_spec(parse_run_spec({"rollouts": {"rate": 0.5, "seed": 3, "maxPerStep": 2}}), store)
+    assert rec is not None and (rec.rate, rec.seed, rec.max_per_step) == (0.5, 3, 2)
+    rec.on_end({})

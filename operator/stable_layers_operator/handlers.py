@@ -65,6 +65,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
         )
         settings.posting.level = logging.WARNING
+        # No CRD/namespace scanning: the operator serves one known resource, and RBAC stays
+        # free of cluster-wide list/watch on CRDs and namespaces.
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         if "cluster" not in memo:
             memo.cluster = config.cluster_factory()

@@ -88,6 +88,15 @@ class Reconciler:
         if self.cluster.create(obj):
             self.actions.append(f"created {obj['kind']} {obj['metadata']['name']}")
 
+    def _ensure(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The existing object, or `obj` after creating it (a read first: the timer runs this for
+        every run every few seconds, and reads are what an API server serves cheaply)."""
+        current = self.cluster.get(obj["kind"], self.owner.namespace, obj["metadata"]["name"])
+        if current is not None:
+            return current
+        self._create(obj)
+        return obj
+
     def _delete(self, kind: str, name: str | None) -> None:
         if name and self.cluster.delete(kind, self.owner.namespace, name):
             self.actions.append(f"deleted {kind} {name}")
@@ -206,10 +215,9 @@ class Reconciler:
                 "JudgeReady", True, reason, f"reward kind {self.spec.run.reward.kind!r} needs no judge from this run"
             )
             return True
-        self._create(ch.judge_service(self.spec, self.owner))
-        self._create(ch.judge_deployment(self.spec, self.owner))
+        self._ensure(ch.judge_service(self.spec, self.owner))
+        deployment = self._ensure(ch.judge_deployment(self.spec, self.owner))
         self.st["children"].update(judgeDeployment=self.names.judge, judgeService=self.names.judge)
-        deployment = self.cluster.get("Deployment", self.owner.namespace, self.names.judge)
         ready = ready_replicas(deployment)
         if ready >= 1:
             self._cond("JudgeReady", True, "Ready", f"{ready}/{self.spec.judge.replicas} vLLM replicas ready")
@@ -249,7 +257,7 @@ class Reconciler:
                 "Training", True, "Restarted", f"restart {self.st['restarts']}/{self.spec.backoff_limit} from {where}"
             )
         if state == "Absent":
-            self._create(ch.trainer_service(self.spec, self.owner))
+            self._ensure(ch.trainer_service(self.spec, self.owner))
             self._create(ch.trainer_job(self.spec, self.owner, attempt))
             state = "Running"
         self.st["children"].update(trainerJob=name, trainerService=self.names.trainer_service)

@@ -217,6 +217,12 @@ class EmulatedCluster:
             cond["message"] = message
         self._patch_status("Job", job, {"conditions": [cond]})
 
-    def requests(self, method: str, path_part: str) -> int:
-        """How many requests of `method` hit a path containing `path_part` (kmock records them)."""
-        return sum(1 for r in self.kmock.requests if r.method.upper() == method and path_part in str(r.url))
+    def created_names(self, plural: str) -> list[str]:
+        """Names in every create (POST) request for `plural` (e.g. `jobs`) that kmock received,
+        in order, duplicates included: what "created exactly once" is asserted on."""
+        names = []
+        for request in list(self.kmock):
+            method = getattr(request.method, "value", request.method)
+            if str(method).upper() == "POST" and request.url.path.endswith(f"/{plural}"):
+                names.append((request.data or {}).get("metadata", {}).get("name"))
+        return names

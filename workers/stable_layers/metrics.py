@@ -12,6 +12,7 @@ No torch here: the values arrive as plain floats.
 from __future__ import annotations
 
 import math
+import os
 import re
 import statistics
 import time
@@ -24,6 +25,7 @@ from stable_layers.spec import CRITERIA
 
 if TYPE_CHECKING:
     from stable_layers.reward.base import Group, GroupScore
+    from stable_layers.spec import RunSpec
 
 PREFIX = "stable_layers"
 DEFAULT_GROUP_STD_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -274,3 +276,21 @@ class PrometheusCallback:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def exporter_from_spec(
+    spec: RunSpec, port: int | None = None, namespace: str | None = None
+) -> PrometheusCallback | None:
+    """The exporter for a run: `port` (the CLI's --metrics-port) overrides `spec.metrics.port`; none
+    of both = no exporter. The namespace label defaults to `POD_NAMESPACE` (downward API), else
+    `default`."""
+    port = spec.metrics.port if port is None else port
+    if port is None:
+        return None
+    return PrometheusCallback(
+        spec.name,
+        namespace or os.environ.get("POD_NAMESPACE") or "default",
+        port,
+        addr=spec.metrics.addr,
+        group_std_buckets=spec.metrics.group_std_buckets,
+    )

@@ -33,6 +33,7 @@ from stable_layers.storage import ROLLOUTS, Store, step_name
 
 if TYPE_CHECKING:
     from stable_layers.reward.base import Group, GroupScore
+    from stable_layers.spec import RunSpec
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -174,3 +175,9 @@ class RolloutRecorder:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def recorder_from_spec(spec: RunSpec, store: Store) -> RolloutRecorder | None:
+    """The recorder configured by `spec.rollouts`, or None when `rate` is 0."""
+    r = spec.rollouts
+    return RolloutRecorder(store, r.rate, r.seed, max_per_step=r.max_per_step) if r.rate > 0 else None

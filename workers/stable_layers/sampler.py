@@ -36,9 +36,9 @@ __all__ = [
     "replay_log_prob",
     "sample_group",
     "schedule",
-    "seed_generators",
     "sde_step_with_logprob",
     "sde_window",
+    "seed_generators",
     "working_size",
 ]
 

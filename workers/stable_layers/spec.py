@@ -414,8 +414,8 @@ class EvalThresholds(Strict):
     background_coverage: float = Field(0.95, ge=0, le=1)
     """Layer 0 is degenerate when it covers less than this fraction (not opaque)... Default 0.95."""
     background_copy_l1: float = Field(0.02, ge=0, le=1)
-    """...or when, over white, it is within this mean L1 of the input while some foreground layer is
-    non-blank (nothing was inpainted). Default 0.02."""
+    """...or when, over white, it is within this mean L1 of the input on the pixels covered by the
+    non-blank foreground layers (nothing was inpainted under them). Default 0.02."""
     haze_low: float = Field(0.02, ge=0, le=1)
     """Haze pixels have alpha strictly between `hazeLow` and `hazeHigh`. Default 0.02."""
     haze_high: float = Field(0.98, ge=0, le=1)

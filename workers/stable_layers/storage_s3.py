@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions as bce
+import botocore.loaders
+import botocore.session
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -34,6 +36,8 @@ from stable_layers.storage import AlreadyExistsError, NotFoundError, StorageErro
 
 T = TypeVar("T")
 MiB = 1 << 20
+_LOADER = botocore.loaders.create_loader()
+"""Shared by every client: it caches the parsed S3 service model (a fresh session re-reads it)."""
 
 _TRANSIENT_CODES = {
     "InternalError",
@@ -136,7 +140,11 @@ class S3Store:
             s3={"addressing_style": style},
         )
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name=region, config=config)
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+        return boto3.session.Session(botocore_session=core).client(
+            "s3", endpoint_url=self.endpoint, region_name=region, config=config
+        )
 
     # ------------------------------------------------------------ plumbing
 

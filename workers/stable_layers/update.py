@@ -3,18 +3,19 @@
 Each rank replays its own kept samples (advantage != 0) in micro-batches of at most
 `grpo.microBatchSize` candidates of one rollout, and for every micro-batch every trained SDE step
 k: log-prob and mean under the current LoRA (with gradient), the reference mean under the
-disabled adapter when `klBeta > 0`, the surrogate of `grpo.py`, then backward. The micro-batches
-of the iteration are cut into `optimizerStepsPerIteration` consecutive chunks (or chunks of
-`gradientAccumulationSteps`), one optimizer step each: the first is on-policy, later ones
-slightly off-policy (method.md §1.3E).
+disabled adapter when `klBeta > 0`, the surrogate of `grpo.py`, then backward. The iteration
+makes `optimizerStepsPerIteration` optimizer steps (or as many as `gradientAccumulationSteps`
+micro-batches per step need): the first is on-policy, later ones slightly off-policy
+(method.md §1.3E). Step n trains the n-th slice of candidate indices of every group (see
+`plan_micro_batches`), so the split does not depend on the number of ranks.
 
 Equal work across ranks: DeepSpeed reduces gradients inside every backward, so every rank must
 call backward equally often. Ranks with fewer kept samples pad with zero-weight micro-batches.
-Each (sample, step) term is weighted `world_size / (N·K)` — N the kept samples of the chunk over
-all ranks, K trained steps — so the rank-averaged gradient is exactly the mean over the chunk, the
+Each (sample, step) term is weighted `world_size / (N·K)` — N the kept samples of the step over
+all ranks, K trained steps — so the rank-averaged gradient is exactly the mean over the step, the
 same as one process training the whole batch (tested against plain torch).
 
-A chunk with no kept sample on any rank (every group had identical rewards) makes no optimizer
+A step with no kept sample on any rank (every group had identical rewards) makes no optimizer
 update but still counts as a step (`skipped: true` in its record), so `maxSteps` always ends the
 run.
 """
@@ -90,25 +91,33 @@ class StepResult:
     steps_in_iteration: int = 1
 
 
-def plan_micro_batches(batch: IterationBatch, micro_batch_size: int) -> list[MicroBatch]:
-    """This rank's kept samples in micro-batches that never cross a rollout."""
-    out = []
-    for lr in batch.rollouts:
-        kept = [(j, c) for j, c in enumerate(lr.cands) if batch.keep[(lr.image_index, c)]]
-        for start in range(0, len(kept), micro_batch_size):
-            part = kept[start : start + micro_batch_size]
-            adv = torch.tensor([batch.advantages[(lr.image_index, c)] for _, c in part], dtype=torch.float32)
-            out.append(MicroBatch(lr.rollout, [j for j, _ in part], adv))
-    return out
-
-
-def _chunks(n: int, spec: RunSpec) -> list[list[int]]:
+def num_steps(spec: RunSpec, world_size: int) -> int:
+    """Optimizer steps of one iteration."""
     g = spec.grpo
     if g.gradient_accumulation_steps is None:
-        steps = g.optimizer_steps_per_iteration
-    else:
-        steps = max(1, -(-n // g.gradient_accumulation_steps))
-    return [list(c) for c in np.array_split(np.arange(n), steps)]
+        return g.optimizer_steps_per_iteration
+    per_rank = g.images_per_iteration * g.group_size // world_size
+    micro_batches = -(-per_rank // g.micro_batch_size)
+    return max(1, -(-micro_batches // g.gradient_accumulation_steps))
+
+
+def plan_micro_batches(batch: IterationBatch, micro_batch_size: int, steps: int, group_size: int) -> list[list[MicroBatch]]:
+    """This rank's kept samples, per optimizer step, in micro-batches that never cross a rollout.
+
+    Step n trains candidates `array_split(range(G), steps)[n]` of every group: each step sees
+    every group (positive and negative advantages alike), every rank takes part in every step, and
+    which sample lands in which step does not depend on the number of ranks.
+    """
+    step_of = {int(c): n for n, part in enumerate(np.array_split(np.arange(group_size), steps)) for c in part}
+    plan: list[list[MicroBatch]] = [[] for _ in range(steps)]
+    for lr in batch.rollouts:
+        for n in range(steps):
+            kept = [(j, c) for j, c in enumerate(lr.cands) if step_of[c] == n and batch.keep[(lr.image_index, c)]]
+            for start in range(0, len(kept), micro_batch_size):
+                part = kept[start : start + micro_batch_size]
+                adv = torch.tensor([batch.advantages[(lr.image_index, c)] for _, c in part], dtype=torch.float32)
+                plan[n].append(MicroBatch(lr.rollout, [j for j, _ in part], adv))
+    return plan
 
 
 def _replay(policy: Any, mb: MicroBatch, k: int, cfg: RatioConfig) -> SurrogateOutput:
@@ -146,26 +155,26 @@ def update_steps(
 ) -> Iterator[StepResult]:
     """Run the iteration's optimizer steps, yielding after each (the caller may stop early)."""
     cfg = RatioConfig.from_spec(spec.grpo)
-    mbs = plan_micro_batches(batch, spec.grpo.micro_batch_size)
-    sizes = ctx.all_gather_object([len(mb.index) for mb in mbs])
-    n_max = max(len(s) for s in sizes)
+    steps = num_steps(spec, ctx.world_size)
+    plan = plan_micro_batches(batch, spec.grpo.micro_batch_size, steps, spec.grpo.group_size)
+    sizes = ctx.all_gather_object([[len(mb.index) for mb in mbs] for mbs in plan])
     k_steps = int(batch.rollouts[0].rollout.latents.shape[1])
     dummy = MicroBatch(batch.rollouts[0].rollout, [0], torch.zeros(1), dummy=True)
-    chunks = _chunks(n_max, spec)
-    for n, chunk in enumerate(chunks):
+    for n in range(steps):
         t0 = time.perf_counter()
-        total = sum(s[p] for s in sizes for p in chunk if p < len(s))
+        total = sum(sum(s[n]) for s in sizes)
         if total == 0:
-            yield StepResult(skipped=True, update_seconds=time.perf_counter() - t0, steps_in_iteration=len(chunks))
+            yield StepResult(skipped=True, update_seconds=time.perf_counter() - t0, steps_in_iteration=steps)
             continue
+        n_max = max(len(s[n]) for s in sizes)
         weight = ctx.world_size / (total * k_steps)
         outputs: list[SurrogateOutput] = []
-        for pos_i, p in enumerate(chunk):
-            mb = mbs[p] if p < len(mbs) else dummy
+        for pos in range(n_max):
+            mb = plan[n][pos] if pos < len(plan[n]) else dummy
             for k in range(k_steps):
                 out = _replay(policy, mb, k, cfg)
                 scale = 0.0 if mb.dummy else weight
-                boundary = pos_i == len(chunk) - 1 and k == k_steps - 1
+                boundary = pos == n_max - 1 and k == k_steps - 1
                 engine.backward(out.loss.sum() * scale, boundary=boundary)
                 if not mb.dummy:
                     outputs.append(out)
@@ -178,7 +187,7 @@ def update_steps(
             samples=total,
             grad_norm=grad_norm,
             update_seconds=time.perf_counter() - t0,
-            steps_in_iteration=len(chunks),
+            steps_in_iteration=steps,
         )
 
 

@@ -15,14 +15,24 @@ def evaluate(
     run_yaml: Annotated[Path, typer.Argument(help="Run spec (YAML/JSON); its model, sampler and eval sections apply.")],
     data: Annotated[
         str | None,
-        typer.Option("--data", help="crello:PATH (save_to_disk folder or Parquet shards), crello:hub, or synthetic:heldout. Default: eval.data of the spec."),
+        typer.Option(
+            "--data",
+            help="crello:PATH (save_to_disk folder or Parquet shards), crello:hub, or synthetic:heldout. Default: eval.data of the spec.",
+        ),
     ] = None,
-    out: Annotated[str, typer.Option("--out", help="Output directory or store URI (s3://bucket/prefix/eval/step-N).")] = "eval-report",
+    out: Annotated[
+        str, typer.Option("--out", help="Output directory or store URI (s3://bucket/prefix/eval/step-N).")
+    ] = "eval-report",
     checkpoint: Annotated[
         str | None,
-        typer.Option("--checkpoint", help="Fine-tuned checkpoint: s3://…/checkpoints/step-N, a committed step folder, or a LoRA folder."),
+        typer.Option(
+            "--checkpoint",
+            help="Fine-tuned checkpoint: s3://…/checkpoints/step-N, a committed step folder, or a LoRA folder.",
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate at most N designs (default: eval.limit).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Evaluate at most N designs (default: eval.limit).")
+    ] = None,
 ) -> None:
     """Evaluate the base model (and the fine-tuned adapter with --checkpoint) and write the report."""
     from rich.console import Console
@@ -38,7 +48,9 @@ def evaluate(
         raise typer.Exit(2) from None
     data = data or spec.eval.data
     if not data:
-        console.print("[red]error:[/red] no evaluation data: pass --data crello:PATH or synthetic:heldout (or set eval.data)")
+        console.print(
+            "[red]error:[/red] no evaluation data: pass --data crello:PATH or synthetic:heldout (or set eval.data)"
+        )
         raise typer.Exit(2)
 
     from stable_layers.data.crello import CrelloError
@@ -62,7 +74,10 @@ def _print_summary(console: object, report: dict, out: str) -> None:
         table.add_column(m, justify="right")
     rows = [("LayerD RGB L1 k=0", "layerd", 0, "rgb_l1"), ("LayerD IoU k=0", "layerd", 0, "alpha_iou")]
     k_last = report["settings"]["maxEdits"]
-    rows += [(f"LayerD RGB L1 k={k_last}", "layerd", k_last, "rgb_l1"), (f"LayerD IoU k={k_last}", "layerd", k_last, "alpha_iou")]
+    rows += [
+        (f"LayerD RGB L1 k={k_last}", "layerd", k_last, "rgb_l1"),
+        (f"LayerD IoU k={k_last}", "layerd", k_last, "alpha_iou"),
+    ]
     for label, _, k, key in rows:
         vals = []
         for m in models:

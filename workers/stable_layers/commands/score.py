@@ -15,7 +15,10 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Run spec (YAML) whose `reward` section to use; flags override it.")
 ]
 EndpointOpt = Annotated[
-    str | None, typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://judge:8000/v1 (implies the openai backend).")
+    str | None,
+    typer.Option(
+        "--endpoint", help="OpenAI-compatible base URL, e.g. http://judge:8000/v1 (implies the openai backend)."
+    ),
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Judge model name (openai) or id/path (transformers).")]
 BackendOpt = Annotated[
@@ -32,9 +35,13 @@ def resolve_reward_spec(
 
     spec = load_run_spec(config).reward if config else RewardSpec()
     if backend is not None and backend not in ("pixel", "openai", "transformers"):
-        raise typer.BadParameter(f"unknown backend {backend!r}; use pixel, openai or transformers", param_hint="--backend")
+        raise typer.BadParameter(
+            f"unknown backend {backend!r}; use pixel, openai or transformers", param_hint="--backend"
+        )
     if endpoint and backend not in (None, "openai"):
-        raise typer.BadParameter("--endpoint needs the openai backend; drop --backend or use --backend openai", param_hint="--endpoint")
+        raise typer.BadParameter(
+            "--endpoint needs the openai backend; drop --backend or use --backend openai", param_hint="--endpoint"
+        )
     kind = backend or ("openai" if endpoint else spec.kind)
     spec.kind = kind  # type: ignore[assignment]
     if endpoint:
@@ -94,14 +101,25 @@ def score(
     write_json_atomic(out, doc)
 
     table = Table(title=f"{group.image_id}: {name}")
-    for col in ("candidate", "reward", "stage 1", "stage 2", *(c.split("_")[0] for c in result.scores[0].criteria), "flags"):
+    for col in (
+        "candidate",
+        "reward",
+        "stage 1",
+        "stage 2",
+        *(c.split("_")[0] for c in result.scores[0].criteria),
+        "flags",
+    ):
         table.add_column(col)
     for cand in doc["candidates"]:
         flags = ",".join(k for k, v in cand["flags"].items() if v)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         table.add_row(
-            cand["name"], fmt(cand["reward"]), fmt(cand["stage1"]), fmt(cand["stage2"]),
-            *(fmt(v) for v in cand["criteria"].values()), flags,
+            cand["name"],
+            fmt(cand["reward"]),
+            fmt(cand["stage1"]),
+            fmt(cand["stage2"]),
+            *(fmt(v) for v in cand["criteria"].values()),
+            flags,
         )
     console = Console()
     console.print(table)
@@ -154,7 +172,10 @@ def judge_check(
         table.add_column(col)
     for stage, rho in report["spearman"].items():
         table.add_row(
-            stage, f"{rho['mean']:.3f}", f"{rho['min']:.3f}", f"{report['group_std'].get(stage, 0.0):.3f}",
+            stage,
+            f"{rho['mean']:.3f}",
+            f"{rho['min']:.3f}",
+            f"{report['group_std'].get(stage, 0.0):.3f}",
             f"{report['retest_var'].get(stage, 0.0):.5f}",
         )
     console.print(table)

@@ -38,10 +38,31 @@ LOCAL_RUN: dict[str, Any] = {
 (tests/test_train_cli.py keeps them equal)."""
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at emit time (test runners swap it per invocation)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def _error(msg: str) -> typer.Exit:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False)
+    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -104,7 +125,7 @@ def train(
     """Run Flow-GRPO training from a run spec."""
     from stable_layers.spec import SpecError, load_run_spec
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     try:  # before any torch import: a typo in the spec is reported in well under a second
         spec = load_run_spec(run_yaml)
     except SpecError as err:
@@ -151,7 +172,7 @@ def demo(
     from stable_layers.spec import parse_run_spec
     from stable_layers.train import train as run_training
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     spec = parse_run_spec(LOCAL_RUN, "embedded demo spec")
     if (TINY_ASSETS / "model_index.json").is_file():

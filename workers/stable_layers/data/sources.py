@@ -163,7 +163,9 @@ def _parquet_entries(path: Path, column: str) -> list[_Entry]:
             log.warning("skipping unreadable Parquet file %s: %s", f, err)
             continue
         if column not in meta.schema_arrow.names:
-            raise DataSourceError(f"data.imageColumn: {column!r} is not a column of {f}; columns: {meta.schema_arrow.names}")
+            raise DataSourceError(
+                f"data.imageColumn: {column!r} is not a column of {f}; columns: {meta.schema_arrow.names}"
+            )
         for g in range(meta.num_row_groups):
             for r in range(meta.metadata.row_group(g).num_rows):
                 rel = f.relative_to(path) if path.is_dir() else Path(f.name)

@@ -47,6 +47,7 @@ class _Item:
     mask: np.ndarray = field(init=False)  # H×W bool: alpha > 0
     mask_area: int = field(init=False)
     alpha_sum: int = field(init=False)
+    bbox: tuple[int, int, int, int] = field(init=False)  # y0, y1, x0, x1 of alpha > 0 (empty: 0,0,0,0)
     key: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,8 @@ class _Item:
         self.mask = self.alpha > 0
         self.mask_area = int(np.count_nonzero(self.mask))
         self.alpha_sum = int(self.alpha.sum(dtype=np.int64))
+        rows, cols = np.flatnonzero(self.mask.any(axis=1)), np.flatnonzero(self.mask.any(axis=0))
+        self.bbox = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.size else (0, 0, 0, 0)
         self.key = next(_keys)
 
 
@@ -89,13 +92,23 @@ class _PairCache:
 def _compute(x: _Item, y: _Item) -> tuple[float, float]:
     if x.u8.shape != y.u8.shape:
         raise ValueError(f"layer sizes differ: {x.u8.shape[:2]} vs {y.u8.shape[:2]}; resize predictions to the GT size")
+    # Both sums only see pixels inside bounding boxes: the L1 mask is y's alpha > 0, and min(αx, αy)
+    # is 0 outside the intersection of both boxes. Elements are usually small, so this is most of
+    # the speed of the protocol.
     if y.mask_area:
+        y0, y1, x0, x1 = y.bbox
+        d = np.abs(x.rgb[y0:y1, x0:x1] - y.rgb[y0:y1, x0:x1])
+        d *= y.mask[y0:y1, x0:x1, None]  # multiply-and-sum beats a boolean gather by ~5×
         # Σ_p M(p)·Σ_ch|Δ| as an exact integer; /3 for the channel mean, /255 for the [0,1] scale.
-        diff = np.abs(x.rgb[y.mask] - y.rgb[y.mask]).sum(dtype=np.int64)
-        l1 = float(diff) / (3.0 * 255.0) / (y.mask_area + EPS)
+        diff = int(d.sum(dtype=np.int64))
+        l1 = diff / (3.0 * 255.0) / (y.mask_area + EPS)
     else:
         l1 = 0.0
-    inter = int(np.minimum(x.alpha, y.alpha).sum(dtype=np.int64))
+    iy0, iy1 = max(x.bbox[0], y.bbox[0]), min(x.bbox[1], y.bbox[1])
+    ix0, ix1 = max(x.bbox[2], y.bbox[2]), min(x.bbox[3], y.bbox[3])
+    inter = 0
+    if iy0 < iy1 and ix0 < ix1:
+        inter = int(np.minimum(x.alpha[iy0:iy1, ix0:ix1], y.alpha[iy0:iy1, ix0:ix1]).sum(dtype=np.int64))
     union = x.alpha_sum + y.alpha_sum - inter  # Σmax = Σa + Σb − Σmin
     iou = inter / union if union > 0 else 0.0
     return l1, iou

@@ -75,7 +75,9 @@ def artifact_heavy(alpha: np.ndarray, th: EvalThresholds) -> tuple[bool, float, 
     """
     solid = alpha > 0.5
     contour = solid ^ ndimage.binary_erosion(solid, border_value=0)
-    band = ndimage.binary_dilation(contour, iterations=th.haze_band_px) if th.haze_band_px and contour.any() else contour
+    band = (
+        ndimage.binary_dilation(contour, iterations=th.haze_band_px) if th.haze_band_px and contour.any() else contour
+    )
     covered = int(np.count_nonzero(alpha > th.coverage_alpha))
     haze = (alpha > th.haze_low) & (alpha < th.haze_high) & ~band
     haze_share = float(np.count_nonzero(haze)) / covered if covered else 0.0
@@ -148,8 +150,16 @@ def design_metrics(
         return float(np.abs(composite([layer], background=1.0) - target).mean())
 
     duplicate = [k for k in fg if coverage[k] > th.duplicate_coverage and l1_to_input(pred[k]) < th.duplicate_l1]
-    any_fg = any(not blank[k] for k in fg)
-    bg_copy = l1_to_input(pred[0]) < th.background_copy_l1 and any_fg
+    # "Layer 0 ≈ input" is judged where the non-blank foreground covers: over the whole canvas a
+    # background that kept small elements un-inpainted would pass for a copy of most designs.
+    fg_cover = np.zeros(alphas[0].shape, bool)
+    for k in fg:
+        if not blank[k]:
+            fg_cover |= alphas[k] > th.coverage_alpha
+    bg_copy = False
+    if fg_cover.any():
+        diff = np.abs(composite([pred[0]], background=1.0) - target).mean(axis=-1)
+        bg_copy = float(diff[fg_cover].mean()) < th.background_copy_l1
     artifacts = [artifact_heavy(a, th) for a, b in zip(alphas, blank, strict=True) if not b]
     nonblank_fg = [alphas[k] for k in fg if not blank[k]]
     sep_mean, sep_max = overlap_stats(nonblank_fg)

@@ -45,7 +45,9 @@ def per_layer_l1(summary: dict[str, Any]) -> bytes | None:
             xs = [k + (j - (len(models) - 1) / 2) * width for k in range(n_layers)]
             ax.bar(xs, row["l1"], width, color=COLOURS.get(name), label=f"{LABELS.get(name, name)}")
         ax.set_xticks(range(n_layers), [f"Pred {k}" for k in range(n_layers)], fontsize=7)
-        n = max((m["metrics"].get("per_layer_by_L", {}).get(str(n_layers), {}).get("designs", 0) for m in models.values()))
+        n = max(
+            m["metrics"].get("per_layer_by_L", {}).get(str(n_layers), {}).get("designs", 0) for m in models.values()
+        )
         ax.set_title(f"L = {n_layers} ({n} designs)", fontsize=9)
     axes[0][0].set_ylabel("L1 (premultiplied RGBA)")
     axes[0][-1].legend(fontsize=7)
@@ -74,7 +76,7 @@ def rates(summary: dict[str, Any]) -> bytes:
         err = None
         if name != "base" and comparison:
             lo, hi = [], []
-            for (key, _), v in zip(RATE_KEYS, vals, strict=True):
+            for (key, _), _v in zip(RATE_KEYS, vals, strict=True):
                 c = comparison.get(key, {})
                 ci, diff = c.get("ci"), c.get("diff")
                 lo.append(max(0.0, diff - ci[0]) if ci and diff is not None else 0.0)

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ def _fmt(v: Any) -> str:
 
 
 def _figure(src: str, caption: str) -> str:
-    return f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    alt = html.escape(caption)
+    return f'<figure><img class="thumb" src="{src}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
 
 
 def _gallery(items: Sequence[GalleryItem]) -> str:
@@ -96,7 +98,9 @@ def _gallery(items: Sequence[GalleryItem]) -> str:
             figs = "".join(_figure(png_b64(lay), f"layer {k}") for k, lay in enumerate(layers))
             rows.append(f'<div class="strip"><span class="label">{html.escape(label)}</span>{figs}</div>')
         caption = "; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in it.caption.items())
-        parts.append(f'<div class="design"><h3>{html.escape(it.id)}</h3><div class="meta">{caption}</div>{"".join(rows)}</div>')
+        parts.append(
+            f'<div class="design"><h3>{html.escape(it.id)}</h3><div class="meta">{caption}</div>{"".join(rows)}</div>'
+        )
     return "\n".join(parts) or "<p>(no designs)</p>"
 
 
@@ -129,7 +133,8 @@ def _comparison_table(summary: dict[str, Any]) -> str:
     comp = summary.get("comparison")
     if not comp:
         return "<p>Only the base model was evaluated (pass --checkpoint to compare).</p>"
-    body = []
+    body: list[str] = []
+    detail: list[str] = []
     for key, c in comp.items():
         ci = c.get("ci")
         cls = ""
@@ -138,14 +143,20 @@ def _comparison_table(summary: dict[str, Any]) -> str:
             improved = (ci[1] < 0) == lower
             cls = ' class="better"' if improved else ' class="worse"'
         interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "–"
-        body.append(
+        # per-layer rows of every (L, k) would swamp the headline table: they go in a fold
+        (detail if re.search(r"_L\d+_k\d+$", key) else body).append(
             f"<tr><td>{html.escape(key)}</td><td>{_fmt(c['base'])}</td><td>{_fmt(c['finetuned'])}</td>"
             f"<td{cls}>{_fmt(c['diff'])}</td><td>{interval}</td><td>{c['designs']}</td></tr>"
         )
-    return (
-        "<table><tr><th>statistic</th><th>base</th><th>fine-tuned</th><th>difference</th>"
-        f"<th>95% CI</th><th>designs</th></tr>{''.join(body)}</table>"
+    head = (
+        "<tr><th>statistic</th><th>base</th><th>fine-tuned</th><th>difference</th><th>95% CI</th><th>designs</th></tr>"
     )
+    folded = (
+        f"<details><summary>per layer k of each L</summary><table>{head}{''.join(detail)}</table></details>"
+        if detail
+        else ""
+    )
+    return f"<table>{head}{''.join(body)}</table>{folded}"
 
 
 def render_html(report: dict[str, Any], gallery: Sequence[GalleryItem]) -> str:

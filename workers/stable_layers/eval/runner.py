@@ -167,7 +167,13 @@ def model_decomposers(spec: RunSpec, lora_dir: Path | None) -> dict[str, Decompo
     s = spec.sampler
 
     def run(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
-        kw = {"layers": n_layers, "steps": s.eval_steps, "seed": seed, "resolution": s.resolution, "cfg_scale": s.cfg_scale}
+        kw = {
+            "layers": n_layers,
+            "steps": s.eval_steps,
+            "seed": seed,
+            "resolution": s.resolution,
+            "cfg_scale": s.cfg_scale,
+        }
         return sampler.decompose(policy, [image], **kw)[0]
 
     def base(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
@@ -270,7 +276,9 @@ def _run(
                 pred = [np.ascontiguousarray(as_rgba_array(p)) for p in fn(d.image, n_layers, ev.seed + index)]
                 decompose_s += time.monotonic() - t0
                 _check_sizes(pred, d, name)
-                pending.append((res, name, executor.submit(score_design, pred, d.gt, d.image, ev.thresholds, ev.max_edits)))
+                pending.append(
+                    (res, name, executor.submit(score_design, pred, d.gt, d.image, ev.thresholds, ev.max_edits))
+                )
                 if item is not None:
                     item.models[name] = pred
             results.append(res)

@@ -91,7 +91,11 @@ def compare(
         out[key] = paired_bootstrap(b[0] * (den > 0), b_den, t[0] * (den > 0), t_den, resamples=resamples, seed=seed)
 
     for name in COMPARED_RATIOS:
-        add(name, metrics.stat_arrays([m.metrics for m in b_rows], name), metrics.stat_arrays([m.metrics for m in t_rows], name))
+        add(
+            name,
+            metrics.stat_arrays([m.metrics for m in b_rows], name),
+            metrics.stat_arrays([m.metrics for m in t_rows], name),
+        )
     for k in sorted({0, max_edits}):
         for metric in ("rgb_l1", "alpha_iou"):
             add(f"layerd_{metric}_k{k}", _layerd_arrays(b_rows, metric, k), _layerd_arrays(t_rows, metric, k))
@@ -102,7 +106,11 @@ def compare(
             continue
         add(f"per_layer_l1_L{n_layers}", b, t)
         for k in range(n_layers):
-            add(f"per_layer_l1_L{n_layers}_k{k}", _per_layer_arrays(b_rows, n_layers, k), _per_layer_arrays(t_rows, n_layers, k))
+            add(
+                f"per_layer_l1_L{n_layers}_k{k}",
+                _per_layer_arrays(b_rows, n_layers, k),
+                _per_layer_arrays(t_rows, n_layers, k),
+            )
     return out
 
 

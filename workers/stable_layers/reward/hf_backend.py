@@ -94,7 +94,9 @@ class TransformersBackend:
         new = out[0, inputs["input_ids"].shape[1] :]
         return proc.tokenizer.decode(new, skip_special_tokens=True)
 
-    async def complete(self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str) -> Answer:
+    async def complete(
+        self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str
+    ) -> Answer:
         loop = asyncio.get_running_loop()
         if self._lock is None or self._loop is not loop:
             self._lock, self._loop = asyncio.Lock(), loop

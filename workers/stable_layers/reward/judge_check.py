@@ -68,7 +68,15 @@ async def judge_check(
         quality = [-k for k in rungs]  # rung 0 is best
         runs = [await scorer.score_group(group) for _ in range(repeats)]
         for run in runs:
-            for key in ("requests", "requests_parse_error", "requests_error", "reasks", "retries", "stage1_fallbacks", "stage2_failed"):
+            for key in (
+                "requests",
+                "requests_parse_error",
+                "requests_error",
+                "reasks",
+                "retries",
+                "stage1_fallbacks",
+                "stage2_failed",
+            ):
                 failures[key] += float(run.stats.get(key, 0.0))
             for stage in STAGES:
                 vals = _stage_values(run, stage)
@@ -94,7 +102,9 @@ async def judge_check(
     def summary(d: dict[str, list[float]], how: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for stage, vals in d.items():
-            out[stage] = {"mean": float(np.mean(vals)), "min": float(np.min(vals))} if how == "rho" else float(np.mean(vals))
+            out[stage] = (
+                {"mean": float(np.mean(vals)), "min": float(np.min(vals))} if how == "rho" else float(np.mean(vals))
+            )
         return out
 
     return {

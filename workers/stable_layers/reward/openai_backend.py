@@ -12,6 +12,7 @@ training on constant rewards would waste the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -66,7 +67,9 @@ class OpenAIBackend:
         assert self._sem is not None
         return self._client, self._sem
 
-    def request_body(self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str) -> dict[str, Any]:
+    def request_body(
+        self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str
+    ) -> dict[str, Any]:
         """Keyword arguments of `chat.completions.create` (public for tests and debugging)."""
         body: dict[str, Any] = {
             "model": self.spec.model,
@@ -91,7 +94,9 @@ class OpenAIBackend:
             body["seed"] = self.spec.seed
         return body
 
-    async def complete(self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str) -> Answer:
+    async def complete(
+        self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str
+    ) -> Answer:
         import openai
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -124,7 +129,9 @@ class OpenAIBackend:
             ) from None
         except openai.OpenAIError as err:
             raise JudgeUnavailable(
-                f"{type(err).__name__} after {attempts} attempt(s): {err}", retries=attempts - 1, latencies=tuple(latencies)
+                f"{type(err).__name__} after {attempts} attempt(s): {err}",
+                retries=attempts - 1,
+                latencies=tuple(latencies),
             ) from None
         choices = getattr(resp, "choices", None) or []
         text = (choices[0].message.content or "") if choices else ""
@@ -145,7 +152,5 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
+            with contextlib.suppress(RuntimeError):  # its loop is already closed: nothing to release
                 await client.close()
-            except RuntimeError:  # its loop is already closed: nothing left to release
-                pass

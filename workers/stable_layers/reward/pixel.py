@@ -151,10 +151,8 @@ def pixel_measures(image: np.ndarray, layers: list[np.ndarray], spec: PixelRewar
             diff = np.abs(rgb[i][opaque] - target_rgb[opaque]).mean()
             if diff < MATCH_TOL:
                 dup.append(i)
-    if n > 1:
-        semantic = (1.0 - len(dup) / (n - 1)) * (1.0 - _shared_content(rgb[1:], alpha[1:]))
-    else:
-        semantic = 0.0  # one layer separates nothing
+    # one layer separates nothing
+    semantic = (1.0 - len(dup) / (n - 1)) * (1.0 - _shared_content(rgb[1:], alpha[1:])) if n > 1 else 0.0
 
     # alpha cleanliness over the layers that hold something
     live = [i for i in range(n) if i not in blank]

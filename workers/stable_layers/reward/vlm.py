@@ -73,7 +73,9 @@ class Answer:
 class JudgeBackend(Protocol):
     name: str
 
-    async def complete(self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str) -> Answer:
+    async def complete(
+        self, system: str, prompt: str, image: np.ndarray, schema: dict[str, Any], schema_name: str
+    ) -> Answer:
         """One chat request with one image; raises `JudgeUnavailable` after retries are spent."""
         ...
 
@@ -147,7 +149,8 @@ class VLMScorer:
         n_tiles = 2 + max(len(c) for c in cands)
         panels = [render_panel(group.image, c, self.spec.tile_size, n_tiles) for c in cands]
         grids = [
-            render_grid(group.image, cands, o, tile=self.spec.tile_size, max_side=self.spec.grid_max_side) for o in orders
+            render_grid(group.image, cands, o, tile=self.spec.tile_size, max_side=self.spec.grid_max_side)
+            for o in orders
         ]
         return panels, grids
 
@@ -169,7 +172,10 @@ class VLMScorer:
         n_layers = max(len(c.layers) for c in group.candidates)
         orders = self.next_orders(group)
         measures, (panels, grids) = await asyncio.to_thread(
-            lambda: ([pixel_measures(group.image, c.layers, spec.pixel) for c in group.candidates], self._render(group, orders))
+            lambda: (
+                [pixel_measures(group.image, c.layers, spec.pixel) for c in group.candidates],
+                self._render(group, orders),
+            )
         )
         counters = _Counters()
         s1_prompt, s1_schema = stage1_prompt(n_layers, spec.scale), stage1_schema(spec.scale)
@@ -245,7 +251,9 @@ class VLMScorer:
                 base.append(None)
         known = [b for b in base if b is not None]
         fill = float(np.mean(known)) if known else 0.5
-        mean_crit = {c: float(np.mean([crit[i][c] for i in ok])) for c in CRITERIA} if ok else dict.fromkeys(CRITERIA, 0.5)
+        mean_crit = (
+            {c: float(np.mean([crit[i][c] for i in ok])) for c in CRITERIA} if ok else dict.fromkeys(CRITERIA, 0.5)
+        )
 
         out: list[CandidateScore] = []
         for i in range(n):
@@ -269,7 +277,11 @@ class VLMScorer:
                 raw["stage2"] = grid_raw[i]
             out.append(
                 CandidateScore(
-                    reward=float(reward), criteria=dict(mean_crit if crit[i] is None else crit[i]), stages=stages, flags=flags, raw=raw
+                    reward=float(reward),
+                    criteria=dict(mean_crit if crit[i] is None else crit[i]),
+                    stages=stages,
+                    flags=flags,
+                    raw=raw,
                 )
             )
         extra = {"stage1_fallbacks": float(n - len(ok)), "stage2_failed": float(bool(orders) and q is None)}
