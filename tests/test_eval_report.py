@@ -173,14 +173,22 @@ def test_crello_input_and_skips_in_the_report(tmp_path: Path):
         run_evaluation(s, "laion:/x", tmp_path / "o2", decomposers={"base": copy_gt})
 
 
-def test_report_to_a_store_uri(s3_env: str, tmp_path: Path):  # noqa: F811
+def test_report_to_a_store_uri_scored_in_worker_processes(s3_env: str, tmp_path: Path):  # noqa: F811
+    """Also the process-pool path of scoring (workers=2, spawn): results must equal inline scoring."""
     from stable_layers.storage import open_store
 
     uri = f"s3://{BUCKET}/run/eval/step-000010"
-    run_evaluation(spec(bootstrap=0, gallery=1), "synthetic:heldout", uri, limit=2, decomposers={"base": perfect})
+    run_evaluation(
+        spec(bootstrap=0, gallery=1, workers=2), "synthetic:heldout", uri, limit=2, decomposers={"base": perfect}
+    )
     store = open_store(uri)
     assert sorted(store.list("")) == ["report.html", "report.json"]
-    assert json.loads(store.get_bytes("report.json"))["dataset"]["designs"] == 2
+    pooled = json.loads(store.get_bytes("report.json"))
+    assert pooled["dataset"]["designs"] == 2
+    inline = run_evaluation(
+        spec(bootstrap=0, gallery=1), "synthetic:heldout", tmp_path, limit=2, decomposers={"base": perfect}
+    )
+    assert pooled["designs"] == inline["designs"]
 
 
 @pytest.mark.slow

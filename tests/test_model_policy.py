@@ -171,6 +171,9 @@ def test_clear_errors_for_missing_models(tmp_path: Path, monkeypatch: pytest.Mon
         model.load_policy(_spec(preset=None, base=str(tmp_path / "nope")))
     with pytest.raises(model.PolicyLoadError, match=r"model_index\.json"):
         model.load_policy(_spec(preset=None, base=str(tmp_path)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id that cannot be fetched: wrapped, names the field
+    with pytest.raises(model.PolicyLoadError, match=r"model\.base: cannot load"):
+        model.load_policy(_spec(preset=None, base="nobody/not-a-model"))
     with pytest.raises(model.PolicyLoadError, match=r"model\.device"):
         model.resolve_device("tpu:0")
 

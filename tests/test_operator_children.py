@@ -11,7 +11,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from stable_layers.spec import RunSpec
-
 from stable_layers_operator import children as ch
 from stable_layers_operator.conditions import set_condition
 from stable_layers_operator.reconcile import Reconciler
@@ -90,7 +89,7 @@ def test_trainer_process_matches_the_entry_point_contract() -> None:
     tiny = parse_run(example("run-tiny.yaml")["spec"])
     tiny_env = ch.resolve_env(ch.trainer_process(tiny, OWNER, 0).env, completion_index=0, secrets={"minio-credentials": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}})
     assert tiny_env["AWS_ENDPOINT_URL"] == "http://minio.minio.svc:9000"
-    assert "1" == ch.trainer_process(tiny, OWNER, 0).command[7]
+    assert ch.trainer_process(tiny, OWNER, 0).command[7] == "1"
 
 
 def test_pods_run_file_points_at_the_judge_and_the_runs_storage() -> None:

@@ -12,7 +12,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from stable_layers_operator import children as ch
 from stable_layers_operator import kube, manifests
 from stable_layers_operator.crd import IMMUTABLE_AFTER_START, build_crd

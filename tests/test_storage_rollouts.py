@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from metrics_data import make_group, make_score
+from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
 from stable_layers.layers import as_rgba_array
 from stable_layers.rollouts import RolloutRecorder, group_dir, sampled
 from stable_layers.storage import open_store
@@ -92,3 +93,16 @@ def test_recorder_from_spec(tmp_path: Path) -> None:
     rec = recorder_from_spec(parse_run_spec({"rollouts": {"rate": 0.5, "seed": 3, "maxPerStep": 2}}), store)
     assert rec is not None and (rec.rate, rec.seed, rec.max_per_step) == (0.5, 3, 2)
     rec.on_end({})
+
+
+def test_records_land_in_s3(s3_env: str) -> None:  # noqa: F811
+    store = open_store(f"s3://{BUCKET}/runs/r1")
+    rec = RolloutRecorder(store, rate=1.0)
+    rec.on_group(3, make_group("img-1", g=2, layers=2), make_score("img-1", [0.2, 0.8]), [-1.0, 1.0])
+    rec.on_end({})
+    keys = store.list("rollouts/")
+    assert keys == sorted(
+        ["rollouts/step-000003/img-1/input.png", "rollouts/step-000003/img-1/scores.json"]
+        + [f"rollouts/step-000003/img-1/cand-{c:02d}/layer-{k:02d}.png" for c in range(2) for k in range(2)]
+    )
+    assert json.loads(store.get_bytes("rollouts/step-000003/img-1/scores.json"))["candidates"][1]["advantage"] == 1.0

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from stable_layers import storage
 from stable_layers.spec import parse_run_spec
 
@@ -41,7 +40,9 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _strip(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in TIMING and not k.startswith("scorer_") or k == "scorer_reward_std"}
+    return {
+        k: v for k, v in rec.items() if (k not in TIMING and not k.startswith("scorer_")) or k == "scorer_reward_std"
+    }
 
 
 def _lora(run: Path, step: int) -> dict[str, torch.Tensor]:

@@ -135,7 +135,9 @@ def read_loop_state(local_dir: str | Path) -> LoopState:
     try:
         body = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the trainer state ({err}); resume from another checkpoint") from None
+        raise CheckpointError(
+            f"{path}: cannot read the trainer state ({err}); resume from another checkpoint"
+        ) from None
     names = LoopState.__dataclass_fields__
     return LoopState(**{k: v for k, v in body.items() if k in names})
 
@@ -150,7 +152,9 @@ def load_weights(local_dir: str | Path, policy: Any) -> None:
     if "lora_params" in trainer:  # EMA run: lora/ holds the averages, the raw tensors are here
         saved = trainer["lora_params"]
         if len(saved) != len(policy.lora_params):
-            raise CheckpointError(f"{local / TRAINER_FILE}: {len(saved)} LoRA tensors, the policy has {len(policy.lora_params)}")
+            raise CheckpointError(
+                f"{local / TRAINER_FILE}: {len(saved)} LoRA tensors, the policy has {len(policy.lora_params)}"
+            )
         with torch.no_grad():
             for p, v in zip(policy.lora_params, saved, strict=True):
                 p.copy_(v)

@@ -282,7 +282,9 @@ class DeepSpeedEngine:
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         if state.get("engine") != "deepspeed":
-            raise ValueError(f"checkpoint optimizer state is from engine {state.get('engine')!r}, the run uses 'deepspeed'")
+            raise ValueError(
+                f"checkpoint optimizer state is from engine {state.get('engine')!r}, the run uses 'deepspeed'"
+            )
         self.engine.optimizer.load_state_dict(state["shards"], load_optimizer_states=True, load_from_fp32_weights=True)
 
 

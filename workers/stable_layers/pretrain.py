@@ -51,7 +51,8 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_designs_per_step: int = 6
     vae_lr: float = 2e-3
-    vae_kl_weight: float = 1e-3
+    vae_kl_weight: float = 1e-4
+    vae_latent_noise: float = 0.05
     vae_base_dim: int = 16
     vae_dim_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_num_res_blocks: int = 1
@@ -267,7 +268,7 @@ def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase
         x = frame_batch(chosen, cfg.vae_batch, cfg.resolution, cfg.design_size, cfg.max_elements, rng, proc)
         for group in opt.param_groups:
             group["lr"] = lr_at(i, cfg.vae_steps, cfg.vae_lr, cfg.warmup_fraction)
-        loss, parts = vae_loss(vae, x, torch.Generator().manual_seed(int(rng.integers(2**62))), cfg.vae_kl_weight)
+        loss, parts = vae_loss(vae, x, torch.Generator().manual_seed(int(rng.integers(2**62))), cfg.vae_kl_weight, cfg.vae_latent_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

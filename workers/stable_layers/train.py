@@ -111,7 +111,9 @@ def _record(loop: LoopState, batch: Any, res: Any, n_steps: int, lr: float) -> d
     return rec
 
 
-def _progress(spec_max: int, loop: LoopState, rec: dict[str, Any] | None, phase: str, last: Any, msg: str) -> dict[str, Any]:
+def _progress(
+    spec_max: int, loop: LoopState, rec: dict[str, Any] | None, phase: str, last: Any, msg: str
+) -> dict[str, Any]:
     rec = rec or {}
     return {
         "step": loop.step,

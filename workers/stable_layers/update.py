@@ -101,7 +101,9 @@ def num_steps(spec: RunSpec, world_size: int) -> int:
     return max(1, -(-micro_batches // g.gradient_accumulation_steps))
 
 
-def plan_micro_batches(batch: IterationBatch, micro_batch_size: int, steps: int, group_size: int) -> list[list[MicroBatch]]:
+def plan_micro_batches(
+    batch: IterationBatch, micro_batch_size: int, steps: int, group_size: int
+) -> list[list[MicroBatch]]:
     """This rank's kept samples, per optimizer step, in micro-batches that never cross a rollout.
 
     Step n trains candidates `array_split(range(G), steps)[n]` of every group: each step sees

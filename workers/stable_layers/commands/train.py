@@ -115,12 +115,30 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None) -> list[Any]:
 
 def train(
     run_yaml: Annotated[Path, typer.Argument(help="Run spec (YAML/JSON), e.g. examples/local-run.yaml.")],
-    out: Annotated[str, typer.Option("--out", help="Run directory or URI (s3://bucket/prefix): checkpoints, metrics.jsonl, progress.json.")],
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (default: grpo.maxSteps).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest committed checkpoint under --out (fresh start if none).")] = False,
-    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Worker processes on this node (one per GPU).")] = 1,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (rank 0).")] = None,
-    no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Score each group before sampling the next (no background scoring).")] = False,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", help="Run directory or URI (s3://bucket/prefix): checkpoints, metrics.jsonl, progress.json."
+        ),
+    ],
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (default: grpo.maxSteps).")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from the newest committed checkpoint under --out (fresh start if none)."
+        ),
+    ] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option("--nproc-per-node", min=1, help="Worker processes on this node (one per GPU).")
+    ] = 1,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (rank 0).")
+    ] = None,
+    no_overlap: Annotated[
+        bool, typer.Option("--no-overlap", help="Score each group before sampling the next (no background scoring).")
+    ] = False,
 ) -> None:
     """Run Flow-GRPO training from a run spec."""
     from stable_layers.spec import SpecError, load_run_spec
