@@ -23,6 +23,7 @@ LOCAL_RUN: dict[str, Any] = {
     "data": {"kind": "synthetic", "numImages": 8, "seed": 0},
     "sampler": {
         "trainSteps": 4,
+        "evalSteps": 10,
         "sdeWindowSize": 2,
         "sdeWindowRange": [0, 2],
         "resolution": 64,
@@ -106,11 +107,15 @@ def _launch(nnodes: int, nproc: int) -> None:
 
 
 def _callbacks(spec: Any, out: str, metrics_port: int | None) -> list[Any]:
-    if metrics_port is None or int(os.environ.get("RANK", "0")) != 0:
+    """Prometheus exporter and rollout recorder (rank 0 only: the loop calls callbacks there)."""
+    if int(os.environ.get("RANK", "0")) != 0:
         return []
-    from stable_layers.metrics import PrometheusCallback
+    from stable_layers.metrics import exporter_from_spec
+    from stable_layers.rollouts import recorder_from_spec
+    from stable_layers.storage import open_store
 
-    return [PrometheusCallback(spec.name, os.environ.get("POD_NAMESPACE", "default"), metrics_port)]
+    found = [exporter_from_spec(spec, port=metrics_port), recorder_from_spec(spec, open_store(out))]
+    return [cb for cb in found if cb is not None]
 
 
 def train(
