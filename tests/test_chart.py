@@ -107,9 +107,7 @@ def test_operator_deployment_contract() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert probe == {"path": "/healthz", "port": "healthz"} and ports["healthz"] == 8080
     assert "readinessProbe" not in container
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["STABLE_LAYERS_JUDGE_IMAGE"] == "vllm/vllm-openai:v0.33.0"
-    assert env["STABLE_LAYERS_WORKER_IMAGE"] == f"ghcr.io/stable-layers/worker:{CHART_META['appVersion']}"
+    assert [e["name"] for e in container["env"]] == ["POD_NAMESPACE"]
     assert ports["metrics"] == 9090
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
 
@@ -395,3 +393,9 @@ def test_helm_package_ships_crd_and_synced_files(tmp_path: Path) -> None:
         "templates/NOTES.txt",
     ):
         assert f"stable-layers-operator/{member}" in names, member
+
+
+def test_chart_names_the_vllm_release_the_operator_pins() -> None:
+    from stable_layers_operator.resource import VLLM_IMAGE
+
+    assert f"vllm/vllm-openai:v{CHART_META['annotations']['stablelayers.io/vllm-version']}" == VLLM_IMAGE

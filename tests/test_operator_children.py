@@ -87,7 +87,11 @@ def test_trainer_process_matches_the_entry_point_contract() -> None:
     # Keys come from the Secret, never inline.
     assert all("value" not in v for v in proc.env if v["name"].startswith("AWS_SECRET"))
     tiny = parse_run(example("run-tiny.yaml")["spec"])
-    tiny_env = ch.resolve_env(ch.trainer_process(tiny, OWNER, 0).env, completion_index=0, secrets={"minio-credentials": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}})
+    tiny_env = ch.resolve_env(
+        ch.trainer_process(tiny, OWNER, 0).env,
+        completion_index=0,
+        secrets={"minio-credentials": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}},
+    )
     assert tiny_env["AWS_ENDPOINT_URL"] == "http://minio.minio.svc:9000"
     assert ch.trainer_process(tiny, OWNER, 0).command[7] == "1"
 
@@ -178,7 +182,9 @@ class FakeCluster:
         self.deleted.append(f"run/{name}")
 
     def fail(self, name: str) -> None:
-        self.objects[("Job", name)]["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+        self.objects[("Job", name)]["status"] = {
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+        }
 
 
 class FakeStore:
@@ -186,7 +192,11 @@ class FakeStore:
 
 
 def run_body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"metadata": {"name": "demo", "namespace": "ml", "uid": "1234", "generation": 2}, "spec": spec, "status": status or {}}
+    return {
+        "metadata": {"name": "demo", "namespace": "ml", "uid": "1234", "generation": 2},
+        "spec": spec,
+        "status": status or {},
+    }
 
 
 def reconcile(cluster: FakeCluster, spec: dict[str, Any], status: dict[str, Any] | None, now: datetime = NOW) -> Any:

@@ -192,7 +192,10 @@ def test_trainer_failure_restarts_until_backoff_limit_then_fails(cluster: Emulat
     cluster.set_job_state(f"{name}-trainer-0", "Failed", "pod demo-trainer-0-1 failed")
     wait_for(lambda: cluster.exists("Job", f"{name}-trainer-1"), "restarted trainer")
     st = wait_for(lambda: status(cluster, name).get("restarts") == 1 and status(cluster, name), "restarts 1")
-    assert condition(st, "Training")["reason"] == "Restarted" and "checkpoint step 2" in condition(st, "Training")["message"]
+    assert (
+        condition(st, "Training")["reason"] == "Restarted"
+        and "checkpoint step 2" in condition(st, "Training")["message"]
+    )
 
     cluster.set_job_state(f"{name}-trainer-1", "Failed")
     st = wait_for(lambda: status(cluster, name).get("phase") == "Failed" and status(cluster, name), "Failed")

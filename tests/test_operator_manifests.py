@@ -52,7 +52,9 @@ def test_checked_in_manifests_match_the_generator() -> None:
 def test_crd_schema_is_structural() -> None:
     """Kubernetes rejects $ref, anyOf with types, prefixItems, const and nodes without a type."""
     for path, node in walk(crd_schema()):
-        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "prefixItems", "const", "title", "default"} & set(node), path
+        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "prefixItems", "const", "title", "default"} & set(
+            node
+        ), path
         assert (
             "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
         ), f"{path} has no type"
@@ -154,7 +156,13 @@ def test_rbac_is_least_privilege_and_covers_every_call() -> None:
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not any("*" in item for item in granted)
     groups = {"core": "", "apps": "apps", "batch": "batch"}
-    plural = {"config_map": "configmaps", "service": "services", "secret": "secrets", "deployment": "deployments", "job": "jobs"}
+    plural = {
+        "config_map": "configmaps",
+        "service": "services",
+        "secret": "secrets",
+        "deployment": "deployments",
+        "job": "jobs",
+    }
     used = set()
     for kind, (api, noun) in kube._PATHS.items():
         verbs = ["get"] if kind == "Secret" else ["get", "create"]

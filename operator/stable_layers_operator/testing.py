@@ -14,7 +14,6 @@ import base64
 import json
 import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -53,12 +52,11 @@ class EmulatedCluster:
         self.config_kwargs = config
         self.config: OperatorConfig
         self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_api = threading.Event()
-        self._operator_task: asyncio.Task[None] | None = None
-        self._stop_flag: asyncio.Event | None = None
+        self._operator_thread: threading.Thread
+        self._operator_stop: threading.Event
         self.kmock: Any = None
         self.api: client.ApiClient
         self.error: BaseException | None = None
@@ -66,25 +64,23 @@ class EmulatedCluster:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 30) -> EmulatedCluster:
-        self._thread = threading.Thread(target=self._thread_main, name="emulated-cluster", daemon=True)
+        self._thread = threading.Thread(target=self._api_main, name="kmock-api", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"emulated cluster did not start: {self.error!r}")
-        if self.error:
-            raise RuntimeError("emulated cluster failed") from self.error
+        if not self._ready.wait(timeout) or self.error:
+            raise RuntimeError(f"emulated API server did not start: {self.error!r}")
+        self._start_operator()
         return self
 
-    def _thread_main(self) -> None:
+    def _api_main(self) -> None:
         try:
-            asyncio.run(self._main())
+            asyncio.run(self._serve_api())
         except BaseException as err:  # surfaced to the test through start()/stop()
             self.error = err
             self._ready.set()
 
-    async def _main(self) -> None:
+    async def _serve_api(self) -> None:
         import kmock
 
-        self._loop = asyncio.get_running_loop()
         async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
             for key, info in _RESOURCES.items():
                 emulator.resources[key] = info
@@ -98,64 +94,58 @@ class EmulatedCluster:
             configuration = client.Configuration()
             configuration.host = self.url
             self.api = client.ApiClient(configuration)
-            self._start_operator()
             self._ready.set()
             while not self._stop_api.is_set():
                 await asyncio.sleep(0.05)
-            await self._stop_operator()
 
     def _start_operator(self) -> None:
+        # kopf gets its own thread and event loop: on exit it cancels every task of its loop,
+        # which would take kmock's server down with it.
         self.config = OperatorConfig(**{"cluster_factory": lambda: KubeCluster(self.api), **self.config_kwargs})
         registry = kopf.OperatorRegistry()
         register(registry, self.config)
-        url = self.url
+        url, namespace = self.url, self.namespace
 
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace=self.namespace)
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace=namespace)
 
-        self._stop_flag = asyncio.Event()
-        self._operator_task = asyncio.create_task(
-            kopf.operator(
-                registry=registry,
-                standalone=True,
-                # kmock cannot serve the namespace list kopf watches for namespace patterns.
-                clusterwide=True,
-                stop_flag=self._stop_flag,
-                memo=kopf.Memo(cluster=KubeCluster(self.api)),
-            )
-        )
+        stop_flag = threading.Event()
 
-    async def _stop_operator(self) -> None:
-        assert self._stop_flag is not None and self._operator_task is not None
-        self._stop_flag.set()
-        try:
-            await asyncio.wait_for(self._operator_task, timeout=20)
-        except (TimeoutError, asyncio.CancelledError):
-            self._operator_task.cancel()
+        def run() -> None:
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        registry=registry,
+                        standalone=True,
+                        # kmock cannot serve the namespace list kopf watches for namespace patterns.
+                        clusterwide=True,
+                        stop_flag=stop_flag,
+                        memo=kopf.Memo(cluster=KubeCluster(self.api)),
+                    )
+                )
+            except BaseException as err:
+                self.error = err
 
-    def _call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
-        assert self._loop is not None
+        self._operator_stop = stop_flag
+        self._operator_thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
+        self._operator_thread.start()
 
-        async def run() -> Any:
-            return await fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+    def _stop_operator(self) -> None:
+        self._operator_stop.set()
+        self._operator_thread.join(timeout=60)
 
     def restart_operator(self, **config: Any) -> None:
         """Stop the operator (kopf takes a few seconds) and start a fresh one with no memory."""
         self.config_kwargs.update(config)
-
-        async def restart() -> None:
-            await self._stop_operator()
-            self._start_operator()
-
-        self._call(restart, timeout=60)
+        self._stop_operator()
+        self._start_operator()
 
     def stop(self) -> None:
+        self._stop_operator()
         self._stop_api.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=30)
 
     # ------------------------------------------------------------ the API, as a user or a controller would
 
@@ -179,7 +169,13 @@ class EmulatedCluster:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
-            "metadata": {"name": name, "namespace": self.namespace, "uid": str(uuid.uuid4()), "generation": generation, "resourceVersion": "1"},
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "uid": str(uuid.uuid4()),
+                "generation": generation,
+                "resourceVersion": "1",
+            },
             "spec": spec,
         }
         return self._request("POST", self.run_path(), body)
@@ -198,7 +194,12 @@ class EmulatedCluster:
 
     def create_secret(self, name: str, data: dict[str, str]) -> None:
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        obj = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": self.namespace}, "data": encoded}
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "data": encoded,
+        }
         KubeCluster(self.api).create(obj)
 
     def _patch_status(self, kind: str, name: str, status: dict[str, Any]) -> None:
