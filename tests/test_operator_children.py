@@ -12,6 +12,8 @@ import pytest
 import yaml
 from stable_layers.spec import RunSpec
 from stable_layers_operator import children as ch
+from stable_layers_operator import evaluation as ev
+from stable_layers_operator import judge as jd
 from stable_layers_operator.conditions import set_condition
 from stable_layers_operator.reconcile import Reconciler
 from stable_layers_operator.resource import StableLayersRunStatus, parse_run
@@ -31,9 +33,9 @@ def full_spec() -> Any:
 
 def all_children(spec: Any) -> list[dict[str, Any]]:
     objs = [ch.config_map(spec, OWNER), ch.trainer_service(spec, OWNER), ch.trainer_job(spec, OWNER, 0)]
-    objs += [ch.judge_deployment(spec, OWNER), ch.judge_service(spec, OWNER)]
+    objs += [jd.judge_deployment(spec, OWNER), jd.judge_service(spec, OWNER)]
     if ch.evaluation_settings(spec)[1]:
-        objs.append(ch.eval_job(spec, OWNER, 100))
+        objs.append(ev.eval_job(spec, OWNER, 100))
     return objs
 
 
@@ -109,7 +111,7 @@ def test_pods_run_file_points_at_the_judge_and_the_runs_storage() -> None:
 
 def test_judge_deployment_shape() -> None:
     spec = full_spec()
-    dep = ch.judge_deployment(spec, OWNER)
+    dep = jd.judge_deployment(spec, OWNER)
     assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "Recreate"
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "vllm/vllm-openai:v0.33.0"
@@ -123,12 +125,12 @@ def test_judge_deployment_shape() -> None:
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1800
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in dep["spec"]["template"]["spec"]["volumes"])
-    assert ch.judge_service(spec, OWNER)["spec"]["ports"][0]["port"] == 8000
+    assert jd.judge_service(spec, OWNER)["spec"]["ports"][0]["port"] == 8000
     assert not ch.judge_needed(parse_run(example("run-tiny.yaml")["spec"]))
 
 
 def test_eval_job_command() -> None:
-    job = ch.eval_job(full_spec(), OWNER, 100)
+    job = ev.eval_job(full_spec(), OWNER, 100)
     assert job["metadata"]["name"] == "demo-eval-000100"
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == [
@@ -262,3 +264,26 @@ def test_deadline_fails_the_run_and_stops_the_trainer() -> None:
     out = reconcile(cluster, spec, status, now=NOW + timedelta(seconds=101))
     assert out.status["phase"] == "Failed" and "Job/demo-trainer-0" in cluster.deleted
     assert next(c for c in out.status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_headline_numbers_from_an_eval_report() -> None:
+    from stable_layers_operator.progress import headline
+
+    level = {"rgb_l1": 0.2, "alpha_iou": 0.7, "cost": 1.0, "avg_edits": 0.0, "reached": 3, "count": 3}
+    report = {
+        "format": 1,
+        "summary": {
+            "models": {
+                "base": {"layerd": [{**level, "k": 0}], "metrics": {"blank_layer_rate": 0.5}},
+                "finetuned": {
+                    "layerd": [{**level, "k": 0}, {**level, "k": 1}, {**level, "k": 5, "rgb_l1": 0.1}],
+                    "metrics": {"designs": 3, "blank_layer_rate": 0.25, "recon_psnr": 30.5, "per_layer_by_L": {}},
+                },
+            }
+        },
+    }
+    assert headline(report) == {
+        "rgbL1K0": 0.2, "alphaIouK0": 0.7, "rgbL1K5": 0.1, "alphaIouK5": 0.7, "blankLayerRate": 0.25, "reconPsnr": 30.5,
+    }  # fmt: skip
+    assert headline({"headline": {"x": 1, "nan": float("nan"), "s": "no"}}) == {"x": 1.0}
+    assert headline({"format": 1}) == {}

@@ -7,13 +7,11 @@ test can run the trainer pod's exact command line and environment (`trainer_proc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from stable_layers.spec import RunSpec
-from stable_layers.storage import CHECKPOINTS, EVAL, step_name
 
 from stable_layers_operator.resource import API_VERSION, KIND, StableLayersRunSpec
 
@@ -152,7 +150,7 @@ def config_map(spec: StableLayersRunSpec, owner: Owner) -> Obj:
 # ---------------------------------------------------------------- shared pod pieces
 
 
-def _resources(res: Any, gpus: int) -> Obj:
+def resources_for(res: Any, gpus: int) -> Obj:
     requests = dict(res.requests)
     limits = dict(res.limits)
     if gpus > 0:
@@ -167,7 +165,7 @@ def _resources(res: Any, gpus: int) -> Obj:
     return out
 
 
-def _tolerations(items: list[Any]) -> list[Obj]:
+def tolerations(items: list[Any]) -> list[Obj]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
 
 
@@ -194,7 +192,7 @@ def storage_env(spec: StableLayersRunSpec) -> list[Obj]:
     return env
 
 
-def _worker_volumes(spec: StableLayersRunSpec, names: Names) -> tuple[list[Obj], list[Obj]]:
+def worker_volumes(spec: StableLayersRunSpec, names: Names) -> tuple[list[Obj], list[Obj]]:
     volumes = [
         {"name": "run-config", "configMap": {"name": names.config_map}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.trainer.shm_size}},
@@ -206,7 +204,7 @@ def _worker_volumes(spec: StableLayersRunSpec, names: Names) -> tuple[list[Obj],
     return volumes, mounts
 
 
-def _pod_common(spec: StableLayersRunSpec) -> Obj:
+def pod_common(spec: StableLayersRunSpec) -> Obj:
     pod: Obj = {"restartPolicy": "Never"}
     if spec.trainer.service_account:
         pod["serviceAccountName"] = spec.trainer.service_account
@@ -314,7 +312,7 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     hang the others' collectives)."""
     names = Names(owner.name)
     process = trainer_process(spec, owner, attempt)
-    volumes, mounts = _worker_volumes(spec, names)
+    volumes, mounts = worker_volumes(spec, names)
     extra = {ATTEMPT_LABEL: str(attempt)}
     container: Obj = {
         "name": "trainer",
@@ -326,11 +324,11 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
             {"name": "rendezvous", "containerPort": spec.trainer.master_port},
             {"name": "metrics", "containerPort": spec.trainer.metrics_port},
         ],
-        "resources": _resources(spec.trainer.resources, spec.trainer.gpus_per_node),
+        "resources": resources_for(spec.trainer.resources, spec.trainer.gpus_per_node),
         "volumeMounts": mounts,
     }
     pod: Obj = {
-        **_pod_common(spec),
+        **pod_common(spec),
         "subdomain": names.trainer_service,
         "containers": [container],
         "volumes": volumes,
@@ -338,7 +336,7 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     if spec.trainer.node_selector:
         pod["nodeSelector"] = dict(spec.trainer.node_selector)
     if spec.trainer.tolerations:
-        pod["tolerations"] = _tolerations(spec.trainer.tolerations)
+        pod["tolerations"] = tolerations(spec.trainer.tolerations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -360,160 +358,6 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
             },
         },
     }
-
-
-# ---------------------------------------------------------------- judge
-
-
-def judge_args(spec: StableLayersRunSpec) -> list[str]:
-    j = spec.judge
-    return [
-        j.model,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(JUDGE_PORT),
-        "--served-model-name",
-        j.served_model_name,
-        "--tensor-parallel-size",
-        str(j.tensor_parallel),
-        "--max-model-len",
-        str(j.max_model_len),
-        "--limit-mm-per-prompt",
-        json.dumps(j.limit_mm_per_prompt, separators=(",", ":")),
-        "--gpu-memory-utilization",
-        str(j.gpu_memory_utilization),
-        *j.extra_args,
-    ]
-
-
-def judge_deployment(spec: StableLayersRunSpec, owner: Owner) -> Obj:
-    names = Names(owner.name)
-    j = spec.judge
-    gpus = j.gpus if j.gpus is not None else j.tensor_parallel
-    probe = {"httpGet": {"path": "/health", "port": JUDGE_PORT}}
-    volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
-    mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if j.model_volume:
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": j.model_volume, "readOnly": True}})
-        mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
-    env = storage_env(spec) if j.model.startswith("s3://") else []
-    container: Obj = {
-        "name": "vllm",
-        "image": j.image,
-        "imagePullPolicy": spec.images.pull_policy,
-        "command": ["vllm", "serve"],
-        "args": judge_args(spec),
-        "ports": [{"name": "http", "containerPort": JUDGE_PORT}],
-        "resources": _resources(j.resources, gpus),
-        "volumeMounts": mounts,
-        # Model loading takes minutes; liveness/readiness only start after the startup probe.
-        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": max(j.startup_seconds // 10, 1)},
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
-    }
-    if env:
-        container["env"] = env
-    pod: Obj = {"containers": [container], "volumes": volumes}
-    if spec.images.pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in spec.images.pull_secrets]
-    if j.node_selector:
-        pod["nodeSelector"] = dict(j.node_selector)
-    if j.tolerations:
-        pod["tolerations"] = _tolerations(j.tolerations)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, names.judge, "judge"),
-        "spec": {
-            "replicas": j.replicas,
-            # A rolling update would need twice the GPUs; the judge is stateless, so replace it.
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(owner.name, "judge")},
-            "template": {"metadata": {"labels": labels(owner.name, "judge")}, "spec": pod},
-        },
-    }
-
-
-def judge_service(spec: StableLayersRunSpec, owner: Owner) -> Obj:
-    names = Names(owner.name)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, names.judge, "judge"),
-        "spec": {
-            "selector": selector(owner.name, "judge"),
-            "ports": [{"name": "http", "port": JUDGE_PORT, "targetPort": JUDGE_PORT}],
-        },
-    }
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def eval_process(spec: StableLayersRunSpec, step: int) -> Process:
-    _, data = evaluation_settings(spec)
-    if not data:
-        raise ValueError("no evaluation data: set spec.evaluation.data or spec.run.eval.data")
-    root = spec.storage.uri.rstrip("/")
-    command = [
-        "stable-layers",
-        "eval",
-        RUN_FILE,
-        "--data",
-        data,
-        "--out",
-        f"{root}/{EVAL}/{step_name(step)}",
-        "--checkpoint",
-        f"{root}/{CHECKPOINTS}/{step_name(step)}",
-    ]
-    return Process(command=command, env=storage_env(spec))
-
-
-def eval_gpus(spec: StableLayersRunSpec) -> int:
-    if spec.evaluation.gpus is not None:
-        return spec.evaluation.gpus
-    return 1 if spec.trainer.gpus_per_node > 0 else 0
-
-
-def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
-    names = Names(owner.name)
-    process = eval_process(spec, step)
-    volumes, mounts = _worker_volumes(spec, names)
-    extra = {STEP_LABEL: str(step)}
-    pod: Obj = {
-        **_pod_common(spec),
-        "containers": [
-            {
-                "name": "eval",
-                "image": spec.images.worker,
-                "imagePullPolicy": spec.images.pull_policy,
-                "command": process.command,
-                "env": process.env,
-                "resources": _resources(spec.evaluation.resources, eval_gpus(spec)),
-                "volumeMounts": mounts,
-            }
-        ],
-        "volumes": volumes,
-    }
-    if eval_gpus(spec) > 0 and spec.trainer.node_selector:
-        pod["nodeSelector"] = dict(spec.trainer.node_selector)
-    if eval_gpus(spec) > 0 and spec.trainer.tolerations:
-        pod["tolerations"] = _tolerations(spec.trainer.tolerations)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(owner, names.eval_job(step), "eval", extra),
-        "spec": {
-            "backoffLimit": spec.evaluation.backoff_limit,
-            "template": {"metadata": {"labels": {**labels(owner.name, "eval"), **extra}}, "spec": pod},
-        },
-    }
-
-
-def report_key(step: int) -> str:
-    """Key of an evaluation's report.json relative to the run URI."""
-    return f"{EVAL}/{step_name(step)}/report.json"
 
 
 def dump(objects: list[Obj]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from stable_layers import storage
 from stable_layers.storage import Store
 
-from stable_layers_operator.children import report_key
+from stable_layers_operator.evaluation import report_key
 from stable_layers_operator.kube import Cluster
 from stable_layers_operator.resource import StableLayersRunSpec
 
@@ -72,15 +72,47 @@ def latest_checkpoint(store: Store) -> int | None:
     return storage.latest_committed(store)
 
 
+HEADLINE_METRICS = ("blank_layer_rate", "composite_duplicate_rate", "artifact_layer_rate", "recon_psnr")
+"""Layer-quality numbers of `summary.models[m].metrics` copied to status (shared/docs/eval.md)."""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.capitalize() for p in rest)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # not NaN
+        return float(value)
+    return None
+
+
 def headline(report: dict[str, Any]) -> dict[str, float]:
-    """Headline numbers of an eval report.json: its `headline` mapping when present (the eval
-    contract), else every top-level number. Non-numbers are skipped."""
-    source = report.get("headline") if isinstance(report.get("headline"), dict) else report
-    return {
-        str(k): float(v)
-        for k, v in source.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and v == v  # drop NaN
-    }
+    """Headline numbers of an eval report.json (stable_layers.eval.runner's format) for status.
+
+    From the fine-tuned model's summary (the base model's when the report has only that): the
+    LayerD RGB L1 and alpha soft IoU at k = 0 and at the deepest merge level (the usual headline
+    pair, eval.md), and the layer-quality rates. A report carrying a flat `headline` mapping is
+    taken as is."""
+    if isinstance(report.get("headline"), dict):
+        return {str(k): v for k, v in ((k, _number(v)) for k, v in report["headline"].items()) if v is not None}
+    models = (report.get("summary") or {}).get("models") or {}
+    name = "finetuned" if "finetuned" in models else next(iter(models), None)
+    if name is None:
+        return {}
+    out: dict[str, float] = {}
+    levels = models[name].get("layerd") or []
+    for level in (levels[:1] + levels[-1:]) if levels else []:
+        for key, label in (("rgb_l1", "rgbL1"), ("alpha_iou", "alphaIou")):
+            value = _number(level.get(key))
+            if value is not None:
+                out[f"{label}K{level.get('k', 0)}"] = value
+    metrics = models[name].get("metrics") or {}
+    for key in HEADLINE_METRICS:
+        value = _number(metrics.get(key))
+        if value is not None:
+            out[_camel(key)] = value
+    return out
 
 
 def read_report(store: Store, step: int) -> tuple[str, dict[str, float]] | None:

@@ -19,6 +19,8 @@ from typing import Any
 from stable_layers.storage import StorageError, Store
 
 from stable_layers_operator import children as ch
+from stable_layers_operator import evaluation as ev
+from stable_layers_operator import judge as jd
 from stable_layers_operator import progress as pr
 from stable_layers_operator.conditions import (
     TERMINAL,
@@ -215,8 +217,8 @@ class Reconciler:
                 "JudgeReady", True, reason, f"reward kind {self.spec.run.reward.kind!r} needs no judge from this run"
             )
             return True
-        self._ensure(ch.judge_service(self.spec, self.owner))
-        deployment = self._ensure(ch.judge_deployment(self.spec, self.owner))
+        self._ensure(jd.judge_service(self.spec, self.owner))
+        deployment = self._ensure(jd.judge_deployment(self.spec, self.owner))
         self.st["children"].update(judgeDeployment=self.names.judge, judgeService=self.names.judge)
         ready = ready_replicas(deployment)
         if ready >= 1:
@@ -309,7 +311,7 @@ class Reconciler:
             job = self.cluster.get("Job", self.owner.namespace, entry["job"])
             state = job_state(job)
             if state == "Absent":
-                self._create(ch.eval_job(self.spec, self.owner, step))
+                self._create(ev.eval_job(self.spec, self.owner, step))
             elif state == "Failed":
                 entry["phase"] = "Failed"
             elif state == "Complete" and store is not None:

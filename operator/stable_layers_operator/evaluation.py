@@ -1,0 +1,88 @@
+"""Evaluation Jobs: `stable-layers eval` on one committed checkpoint."""
+
+from __future__ import annotations
+
+from stable_layers.storage import CHECKPOINTS, EVAL, step_name
+
+from stable_layers_operator.children import (
+    RUN_FILE,
+    STEP_LABEL,
+    Names,
+    Obj,
+    Owner,
+    Process,
+    evaluation_settings,
+    labels,
+    metadata,
+    pod_common,
+    resources_for,
+    storage_env,
+    tolerations,
+    worker_volumes,
+)
+from stable_layers_operator.resource import StableLayersRunSpec
+
+
+def eval_process(spec: StableLayersRunSpec, step: int) -> Process:
+    _, data = evaluation_settings(spec)
+    if not data:
+        raise ValueError("no evaluation data: set spec.evaluation.data or spec.run.eval.data")
+    root = spec.storage.uri.rstrip("/")
+    command = [
+        "stable-layers",
+        "eval",
+        RUN_FILE,
+        "--data",
+        data,
+        "--out",
+        f"{root}/{EVAL}/{step_name(step)}",
+        "--checkpoint",
+        f"{root}/{CHECKPOINTS}/{step_name(step)}",
+    ]
+    return Process(command=command, env=storage_env(spec))
+
+
+def eval_gpus(spec: StableLayersRunSpec) -> int:
+    if spec.evaluation.gpus is not None:
+        return spec.evaluation.gpus
+    return 1 if spec.trainer.gpus_per_node > 0 else 0
+
+
+def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
+    names = Names(owner.name)
+    process = eval_process(spec, step)
+    volumes, mounts = worker_volumes(spec, names)
+    extra = {STEP_LABEL: str(step)}
+    pod: Obj = {
+        **pod_common(spec),
+        "containers": [
+            {
+                "name": "eval",
+                "image": spec.images.worker,
+                "imagePullPolicy": spec.images.pull_policy,
+                "command": process.command,
+                "env": process.env,
+                "resources": resources_for(spec.evaluation.resources, eval_gpus(spec)),
+                "volumeMounts": mounts,
+            }
+        ],
+        "volumes": volumes,
+    }
+    if eval_gpus(spec) > 0 and spec.trainer.node_selector:
+        pod["nodeSelector"] = dict(spec.trainer.node_selector)
+    if eval_gpus(spec) > 0 and spec.trainer.tolerations:
+        pod["tolerations"] = tolerations(spec.trainer.tolerations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, names.eval_job(step), "eval", extra),
+        "spec": {
+            "backoffLimit": spec.evaluation.backoff_limit,
+            "template": {"metadata": {"labels": {**labels(owner.name, "eval"), **extra}}, "spec": pod},
+        },
+    }
+
+
+def report_key(step: int) -> str:
+    """Key of an evaluation's report.json relative to the run URI."""
+    return f"{EVAL}/{step_name(step)}/report.json"
