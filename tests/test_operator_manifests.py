@@ -102,7 +102,8 @@ def test_crd_metadata_columns_and_immutability_rules() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_validate_against_the_crd_schema_and_the_models(path: Path) -> None:
     obj = yaml.safe_load(path.read_text())
-    jsonschema.Draft7Validator(crd_schema()).validate(obj)
+    # Kubernetes structural schemas follow draft 4 (boolean exclusiveMinimum).
+    jsonschema.Draft4Validator(crd_schema()).validate(obj)
     spec = parse_run(obj["spec"])
     assert len(obj["metadata"]["name"]) <= 40
     if path.name == "run.yaml":
@@ -139,7 +140,7 @@ def test_bad_runs_fail_with_a_message_naming_the_field(patch: dict[str, Any], fi
 
 def test_crd_schema_rejects_bad_runs_too() -> None:
     obj = yaml.safe_load(EXAMPLES[0].read_text())
-    validator = jsonschema.Draft7Validator(crd_schema())
+    validator = jsonschema.Draft4Validator(crd_schema())
     bad = copy.deepcopy(obj)
     bad["spec"]["run"]["grpo"]["groupSize"] = 100
     bad["spec"]["storage"]["uri"] = "file:///tmp"

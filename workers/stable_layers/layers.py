@@ -90,7 +90,7 @@ def as_rgba_array(img: Image.Image | np.ndarray) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.shape[-1] == 3:
-        a = np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+        a = np.concatenate([a, np.full((*a.shape[:2], 1), 255, np.uint8)], axis=-1)
     return a
 
 

@@ -169,7 +169,7 @@ def train(
             max_steps=max_steps,
             resume=resume,
             callbacks=_callbacks(spec, out, metrics_port),
-            overlap_scoring=not no_overlap,
+            overlap_scoring=spec.reward.overlap and not no_overlap,
             show_progress=sys.stderr.isatty(),
         )
     except errors as err:

@@ -1,0 +1,46 @@
+"""The shipped `tiny` preset: it loads through `from_pretrained` (the product path), reproduces its
+stored reference output, and decomposes held-out designs better than trivial stacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_reference import OUT, reference_output
+
+from stable_layers.model import TINY_ASSETS
+
+
+def test_shipped_directory_is_complete() -> None:
+    index = json.loads((TINY_ASSETS / "model_index.json").read_text())
+    assert index["_class_name"] == "QwenImageLayeredPipeline"
+    for part in ("transformer", "vae", "text_encoder"):
+        files = list((TINY_ASSETS / part).glob("*.safetensors"))
+        assert files, f"{part}: weights are shipped as safetensors"
+    total = sum(f.stat().st_size for f in TINY_ASSETS.rglob("*") if f.is_file())
+    assert total < 25 * 2**20, f"the tiny preset should stay small, it is {total / 2**20:.1f} MiB"
+    vae = json.loads((TINY_ASSETS / "vae" / "config.json").read_text())
+    assert vae["latents_std"] != [1.0] * 16, "trained latent statistics are stored in the VAE config"
+    assert (TINY_ASSETS / "MODEL_CARD.md").is_file()
+
+
+def test_from_pretrained_reproduces_the_reference_output() -> None:
+    want = np.load(OUT)
+    got = reference_output()
+    np.testing.assert_allclose(got["prompt_embeds"], want["prompt_embeds"], atol=1e-5)
+    np.testing.assert_allclose(got["velocity"], want["velocity"], atol=1e-4, rtol=1e-4)
+    diff = np.abs(got["layers"].astype(np.int16) - want["layers"].astype(np.int16))
+    assert got["layers"].shape == want["layers"].shape
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
+@pytest.mark.slow
+def test_beats_trivial_decompositions_on_heldout_designs() -> None:
+    from stable_layers.pretrain_card import CardSettings, evaluate_heldout
+
+    summary = evaluate_heldout(TINY_ASSETS, CardSettings(designs=8, size=128, steps=12, bootstrap=0))
+    m = summary["methods"]
+    for base in ("trivial_layer0", "trivial_copy"):
+        assert m["tiny"]["rgb_l1_k0"] < m[base]["rgb_l1_k0"], (base, m)
+        assert m["tiny"]["alpha_iou_k0"] > m[base]["alpha_iou_k0"], (base, m)

@@ -1,0 +1,99 @@
+"""Spec sections of the policy: the base model, the LoRA adapter and the SDE sampler."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from stable_layers.spec.base import QWEN_LORA_TARGETS, Strict
+
+
+class ModelSpec(Strict):
+    base: str = "Qwen/Qwen-Image-Layered"
+    """Hub id or local directory of a `QwenImageLayeredPipeline`. Default: the base model of the
+    paper [SL]. Ignored when `preset` is set."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of `base`. Default: none (the hub's main)."""
+    preset: Literal["tiny", "tiny-random"] | None = None
+    """`tiny`: the small layer-decomposition model shipped in this package (trained on synthetic
+    designs, same classes as the real model); `tiny-random`: the same architecture with random
+    weights (unit tests). Default: none, i.e. load `base` [OURS]."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Weight dtype of the frozen model. Default bfloat16 [FG]; SDE and log-prob math is always fp32.
+    The tiny presets always run in float32 on CPU."""
+    device: str = "auto"
+    """Torch device for the transformer and VAE: `auto` (CUDA if available, else CPU), `cpu`,
+    `cuda`, `cuda:N`. Default auto [OURS]."""
+    text_encoder: Literal["device", "cpu"] = "cpu"
+    """Where the Qwen2.5-VL text encoder runs. The prompt is fixed, so it is encoded once; `cpu`
+    keeps ~16 GB off the GPU (model.md §5). Default cpu [OURS]."""
+    prompt: str = "a clean, well composed image"
+    """Fixed conditioning prompt. Default: the Stable-Layers release prompt [SL]."""
+    gradient_checkpointing: bool = True
+    """Recompute transformer activations in the backward pass; mandatory for the 20B model at
+    640 px (model.md §5). Default true [FG]."""
+
+
+class LoraSpec(Strict):
+    rank: int = Field(64, ge=1, le=1024)
+    """LoRA rank r. Default 64 [FG Qwen-Image; verl example]."""
+    alpha: float = Field(128.0, gt=0)
+    """LoRA alpha (scale = alpha / rank). Default 128 [FG]."""
+    targets: list[str] = Field(default_factory=lambda: list(QWEN_LORA_TARGETS), min_length=1)
+    """Module-name suffixes in the transformer that get adapters. Default: the 12 attention and
+    MLP projections [FG]."""
+    init: Literal["gaussian", "default", "zero_b"] = "gaussian"
+    """peft `init_lora_weights`: `gaussian` or `default` (Kaiming A, zero B; both start as the
+    identity adapter). `zero_b` is an alias of `default`. Default gaussian [FG]."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """LoRA dropout. Default 0: dropout would make the replayed log-prob differ from the rollout's
+    and break ratio = 1 on-policy [OURS]."""
+
+
+class SamplerSpec(Strict):
+    train_steps: int = Field(10, ge=2, le=1000)
+    """Denoising steps of a training rollout. Default 10 [FG Qwen-Image]. At least 2: one step
+    gives NaN with the terminal-stretched schedule (model.md §6.9)."""
+    eval_steps: int = Field(50, ge=2, le=1000)
+    """Denoising steps for evaluation. Default 50 [SL release / FG]."""
+    noise_level: float = Field(1.2, ge=0, le=5)
+    """SDE noise level `a` (sigma_t = a·sqrt(t/(1−t))); 0 reproduces the deterministic sampler.
+    Default 1.2 [FG Qwen-Image]; use ~0.8 with `sdeType: cps` [FG]."""
+    sde_type: Literal["flow", "cps"] = "flow"
+    """`flow`: Flow-GRPO's Euler–Maruyama SDE; `cps`: coefficients-preserving sampling with a
+    properly normalised Gaussian log-density (method.md §1.2). Default flow [FG]."""
+    sde_window_size: int = Field(2, ge=0)
+    """Number of consecutive stochastic (recorded, trained) steps; the rest are ODE steps.
+    0 means every step except the last (the SD3 path). Default 2 [FG Qwen-Image]."""
+    sde_window_range: tuple[int, int] = (0, 5)
+    """[start, end) of step indices the window's first step is drawn from, per rollout.
+    Default [0, 5) = the first half of 10 steps [FG Qwen-Image]."""
+    cfg_scale: float = Field(1.0, ge=1.0)
+    """True-CFG scale for rollouts and training; 1 disables CFG (one forward). Default 1 [SL release,
+    flow_grpo README recommendation]."""
+    resolution: int = Field(640, ge=32, le=2048)
+    """Long side in pixels of the working size (sides rounded to multiples of 16 × VAE factor / 8).
+    Default 640 [SL release]."""
+    layers: int = Field(4, ge=1, le=16)
+    """Number of RGBA output layers L. Default 4 [SL release]."""
+    seed: int = 42
+    """Base seed; per-candidate noise is derived from (seed, iteration, image id, candidate).
+    Default 42 [SL release]."""
+    same_latent: bool = False
+    """Share the initial noise within a group (DanceGRPO's init_same_noise). Default false [FG]."""
+
+    @model_validator(mode="after")
+    def _window(self) -> SamplerSpec:
+        lo, hi = self.sde_window_range
+        if not 0 <= lo < hi <= self.train_steps:
+            raise ValueError(
+                f"sdeWindowRange must satisfy 0 <= start < end <= trainSteps ({self.train_steps}); "
+                f"got {list(self.sde_window_range)}"
+            )
+        if self.sde_window_size > 0 and hi - 1 + self.sde_window_size > self.train_steps:
+            raise ValueError(
+                f"sdeWindowSize {self.sde_window_size} starting as late as step {hi - 1} runs past "
+                f"trainSteps {self.train_steps}; shrink sdeWindowRange or sdeWindowSize"
+            )
+        return self
