@@ -27,7 +27,6 @@ import boto3
 import pytest
 import yaml
 from s3_server import moto_endpoint, reset_moto  # noqa: F401
-
 from stable_layers_operator.children import RUN_FILE, resolve_env
 from stable_layers_operator.testing import EmulatedCluster
 
@@ -54,7 +53,9 @@ def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def pod_process(job: dict[str, Any], index: int, run_file: Path, overrides: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def pod_process(
+    job: dict[str, Any], index: int, run_file: Path, overrides: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = resolve_env(container["env"], completion_index=index, secrets={"s3-keys": KEYS}, overrides=overrides)
     command = list(container["command"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 import kopf
 
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     config = OperatorConfig(interval=args.interval, wait_delay=args.interval)
     registry = kopf.OperatorRegistry()
     register(registry, config)
+
+    # kopf's built-in login handlers live on its default registry, not on ours: declare one.
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     config.metrics.serve(args.metrics_port)
     kopf.run(
         registry=registry,

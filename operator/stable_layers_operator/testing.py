@@ -47,8 +47,9 @@ class EmulatedCluster:
     """Start with `start()`, stop with `stop()`; `restart_operator()` replaces the kopf operator
     (new memory, same API server) to test resumption."""
 
-    def __init__(self, namespace: str = "default", **config: Any):
+    def __init__(self, namespace: str = "default", *, operator: bool = True, **config: Any):
         self.namespace = namespace
+        self.with_operator = operator
         self.config_kwargs = config
         self.config: OperatorConfig
         self.url = ""
@@ -68,7 +69,8 @@ class EmulatedCluster:
         self._thread.start()
         if not self._ready.wait(timeout) or self.error:
             raise RuntimeError(f"emulated API server did not start: {self.error!r}")
-        self._start_operator()
+        if self.with_operator:
+            self._start_operator()
         return self
 
     def _api_main(self) -> None:
@@ -142,7 +144,8 @@ class EmulatedCluster:
         self._start_operator()
 
     def stop(self) -> None:
-        self._stop_operator()
+        if self.with_operator:
+            self._stop_operator()
         self._stop_api.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -185,6 +188,21 @@ class EmulatedCluster:
 
     def patch_run(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self._request("PATCH", self.run_path(name), patch, "application/merge-patch+json")
+
+    def kubeconfig(self, path: str) -> None:
+        """Write a kubeconfig pointing at the emulated API (for an operator in another process)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+            "contexts": [
+                {"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": self.namespace}}
+            ],
+            "current-context": "kmock",
+        }
+        with open(path, "w") as f:
+            json.dump(config, f)
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         return KubeCluster(self.api).get(kind, self.namespace, name)

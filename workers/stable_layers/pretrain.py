@@ -47,10 +47,10 @@ class PretrainConfig:
     """Designs are generated at this size and resized to `resolution`, as an input would be."""
     max_elements: int = 5
     # VAE
-    vae_steps: int = 500
-    vae_batch: int = 16
-    vae_designs_per_step: int = 6
-    vae_lr: float = 2e-3
+    vae_steps: int = 800
+    vae_batch: int = 8
+    vae_designs_per_step: int = 3
+    vae_lr: float = 3e-3
     vae_kl_weight: float = 1e-4
     vae_latent_noise: float = 0.05
     vae_base_dim: int = 16
@@ -58,7 +58,7 @@ class PretrainConfig:
     vae_num_res_blocks: int = 1
     stats_designs: int = 96
     # transformer
-    dit_steps: int = 2000
+    dit_steps: int = 1800
     dit_batch: int = 16
     dit_lr: float = 1e-3
     dit_layers: int = 4
@@ -66,7 +66,7 @@ class PretrainConfig:
     dit_head_dim: int = 32
     axes_dims_rope: tuple[int, ...] = (8, 12, 12)
     text_dim: int = 32
-    dit_designs: int = 2500
+    dit_designs: int = 2000
     val_designs: int = 48
     prompt: str = DEFAULT_PROMPT
     # bookkeeping
@@ -268,7 +268,9 @@ def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase
         x = frame_batch(chosen, cfg.vae_batch, cfg.resolution, cfg.design_size, cfg.max_elements, rng, proc)
         for group in opt.param_groups:
             group["lr"] = lr_at(i, cfg.vae_steps, cfg.vae_lr, cfg.warmup_fraction)
-        loss, parts = vae_loss(vae, x, torch.Generator().manual_seed(int(rng.integers(2**62))), cfg.vae_kl_weight, cfg.vae_latent_noise)
+        loss, parts = vae_loss(
+            vae, x, torch.Generator().manual_seed(int(rng.integers(2**62))), cfg.vae_kl_weight, cfg.vae_latent_noise
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

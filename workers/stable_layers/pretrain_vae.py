@@ -87,10 +87,24 @@ def decode_unclamped(vae: AutoencoderKLQwenImage, z: torch.Tensor) -> torch.Tens
     return out
 
 
+def bounded_l1(rec: torch.Tensor, x: torch.Tensor, margin: float = 1e-3) -> torch.Tensor:
+    """L1 that lets the unclamped output overshoot *outward* where the target sits on a bound.
+
+    Targets at -1 (alpha 0, black under transparency) or +1 (opaque) only penalise errors towards
+    the inside; inference clamps, so overshooting gives exact 0/255 alpha there. That keeps the
+    decoded layers free of the faint alpha haze that would make every layer "overlap" every other
+    one under LayerD's hard (alpha > 0) masks.
+    """
+    err = rec - x
+    err = torch.where(x <= -1 + margin, err.clamp_min(0), err)
+    err = torch.where(x >= 1 - margin, err.clamp_max(0), err)
+    return err.abs().mean()
+
+
 def vae_loss(
     vae: AutoencoderKLQwenImage, x: torch.Tensor, generator: torch.Generator, kl_weight: float, latent_noise: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 reconstruction of RGBA frames from the mode latent plus `latent_noise`·ε, and a small KL.
+    """Bounded L1 reconstruction of RGBA frames from the mode latent plus `latent_noise`·ε, and a small KL.
 
     The pipeline only ever uses the mode latent (`sample_mode="argmax"`), so the VAE is trained as
     an autoencoder of it. Decoding through the posterior sample instead starts with unit-variance
@@ -102,7 +116,7 @@ def vae_loss(
     eps = torch.randn(posterior.mean.shape, generator=generator, dtype=x.dtype)
     z = posterior.mean + latent_noise * eps
     rec = decode_unclamped(vae, z)
-    l1 = (rec - x).abs().mean()
+    l1 = bounded_l1(rec, x)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
     loss = l1 + kl_weight * kl
     return loss, {"l1": l1.item(), "kl": kl.item()}

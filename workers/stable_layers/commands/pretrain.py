@@ -14,13 +14,13 @@ def pretrain_tiny(
     ],
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and noise.")] = 0,
     vae_steps: Annotated[
-        int | None, typer.Option("--vae-steps", min=1, help="VAE optimizer steps (default 500).")
+        int | None, typer.Option("--vae-steps", min=1, help="VAE optimizer steps (default 800).")
     ] = None,
     dit_steps: Annotated[
-        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 2000).")
+        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 1800).")
     ] = None,
     designs: Annotated[
-        int | None, typer.Option("--designs", min=16, help="Training designs for the transformer (default 2500).")
+        int | None, typer.Option("--designs", min=16, help="Training designs for the transformer (default 2000).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in <out>.work.")] = False,
     card: Annotated[
