@@ -52,6 +52,7 @@ def test_train_to_s3_with_live_metrics(s3_env: str, tmp_path: Path) -> None:  # 
     spec["name"] = "e2e"
     spec["checkpoint"] = {"everySteps": 1, "keep": 1}  # a checkpoint mid-run, and retention in S3
     spec["grpo"]["optimizerStepsPerIteration"] = 1  # two iterations, so step 1 is checkpointed mid-run
+    spec["metrics"] = {"lingerSeconds": 12}  # the final values stay up for several 1 s scrapes
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
     port = free_port()
     uri = f"s3://{BUCKET}/runs/e2e"

@@ -118,3 +118,24 @@ def test_corrupted_checkpoint_is_reported(example_run, tmp_path):
     result, text = _invoke("train", str(EXAMPLE), "--out", str(out), "--resume", "--max-steps", "5")
     assert result.exit_code == 2
     assert "trainer.pt" in text and "corrupted" in text and "Traceback" not in text
+
+
+def test_evaluate_flag_writes_a_report_per_due_checkpoint_and_at_the_end(tmp_path):
+    """`train --evaluate`: eval.everySteps=2 over 3 steps evaluates the step-2 checkpoint and the
+    final step-3 one, each report where the operator would put it (eval/step-NNNNNN/)."""
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["eval"] = {"everySteps": 2, "data": "synthetic:heldout", "limit": 1, "heldoutSize": 64, "bootstrap": 0,
+                    "gallery": 1, "workers": 1}  # fmt: skip
+    out = tmp_path / "run"
+    result, text = _invoke("train", str(_spec_file(tmp_path, body)), "--out", str(out), "--evaluate")
+    assert result.exit_code == 0, text
+    reports = sorted(p.parent.name for p in (out / "eval").glob("step-*/report.json"))
+    assert reports == ["step-000002", "step-000003"]
+    report = json.loads((out / "eval" / "step-000003" / "report.json").read_text())
+    assert report["summary"]["models"].keys() >= {"base", "finetuned"}
+
+
+def test_evaluate_flag_without_eval_data_is_a_clear_error(tmp_path):
+    result, text = _invoke("train", str(EXAMPLE), "--out", str(tmp_path / "run"), "--evaluate")
+    assert result.exit_code == 2
+    assert "eval.data" in text and "Traceback" not in text

@@ -11,6 +11,7 @@ No torch here: the values arrive as plain floats.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from stable_layers.reward.base import Group, GroupScore
     from stable_layers.spec import RunSpec
 
+log = logging.getLogger("stable_layers.metrics")
 PREFIX = "stable_layers"
 DEFAULT_GROUP_STD_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 JUDGE_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -110,8 +112,10 @@ class PrometheusCallback:
         addr: str = "0.0.0.0",
         group_std_buckets: Iterable[float] = DEFAULT_GROUP_STD_BUCKETS,
         registry: CollectorRegistry | None = None,
+        linger_seconds: float = 0.0,
     ):
         self.run, self.namespace = run, namespace
+        self.linger_seconds = linger_seconds
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._server: Any = None
         self._pending: list[dict[str, Any]] = []
@@ -257,6 +261,11 @@ class PrometheusCallback:
         if record:
             self.on_step(record)
         self._l(self.running).set(0)
+        if self._server is not None and self.linger_seconds > 0:
+            # A finished Job's pod vanishes with its endpoint: without this the last step is
+            # usually never scraped and dashboards end one interval early.
+            log.info("serving final metrics for %.0f s (metrics.lingerSeconds)", self.linger_seconds)
+            time.sleep(self.linger_seconds)
 
     # ------------------------------------------------------------ plumbing
 
@@ -293,4 +302,5 @@ def exporter_from_spec(
         port,
         addr=spec.metrics.addr,
         group_std_buckets=spec.metrics.group_std_buckets,
+        linger_seconds=spec.metrics.linger_seconds,
     )

@@ -50,15 +50,16 @@ class PretrainConfig:
     vae_steps: int = 800
     vae_batch: int = 8
     vae_designs_per_step: int = 3
-    vae_lr: float = 3e-3
+    vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-4
     vae_latent_noise: float = 0.05
+    vae_mse_weight: float = 0.0
     vae_base_dim: int = 16
     vae_dim_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_num_res_blocks: int = 1
     stats_designs: int = 96
     # transformer
-    dit_steps: int = 1800
+    dit_steps: int = 1500
     dit_batch: int = 16
     dit_lr: float = 1e-3
     dit_layers: int = 4

@@ -87,7 +87,7 @@ def decode_unclamped(vae: AutoencoderKLQwenImage, z: torch.Tensor) -> torch.Tens
     return out
 
 
-def bounded_l1(rec: torch.Tensor, x: torch.Tensor, margin: float = 1e-3) -> torch.Tensor:
+def bounded_l1(rec: torch.Tensor, x: torch.Tensor, mse_weight: float = 0.0, margin: float = 1e-3) -> torch.Tensor:
     """L1 that lets the unclamped output overshoot *outward* where the target sits on a bound.
 
     Targets at -1 (alpha 0, black under transparency) or +1 (opaque) only penalise errors towards
@@ -98,11 +98,16 @@ def bounded_l1(rec: torch.Tensor, x: torch.Tensor, margin: float = 1e-3) -> torc
     err = rec - x
     err = torch.where(x <= -1 + margin, err.clamp_min(0), err)
     err = torch.where(x >= 1 - margin, err.clamp_max(0), err)
-    return err.abs().mean()
+    return err.abs().mean() + mse_weight * err.pow(2).mean()
 
 
 def vae_loss(
-    vae: AutoencoderKLQwenImage, x: torch.Tensor, generator: torch.Generator, kl_weight: float, latent_noise: float
+    vae: AutoencoderKLQwenImage,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    kl_weight: float,
+    latent_noise: float,
+    mse_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Bounded L1 reconstruction of RGBA frames from the mode latent plus `latent_noise`·ε, and a small KL.
 
@@ -116,7 +121,7 @@ def vae_loss(
     eps = torch.randn(posterior.mean.shape, generator=generator, dtype=x.dtype)
     z = posterior.mean + latent_noise * eps
     rec = decode_unclamped(vae, z)
-    l1 = bounded_l1(rec, x)
+    l1 = bounded_l1(rec, x, mse_weight)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
     loss = l1 + kl_weight * kl
     return loss, {"l1": l1.item(), "kl": kl.item()}

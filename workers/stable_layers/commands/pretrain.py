@@ -17,7 +17,7 @@ def pretrain_tiny(
         int | None, typer.Option("--vae-steps", min=1, help="VAE optimizer steps (default 800).")
     ] = None,
     dit_steps: Annotated[
-        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 1800).")
+        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 1500).")
     ] = None,
     designs: Annotated[
         int | None, typer.Option("--designs", min=16, help="Training designs for the transformer (default 2000).")

@@ -106,8 +106,9 @@ def _launch(nnodes: int, nproc: int) -> None:
         raise typer.Exit(1) from None
 
 
-def _callbacks(spec: Any, out: str, metrics_port: int | None) -> list[Any]:
-    """Prometheus exporter and rollout recorder (rank 0 only: the loop calls callbacks there)."""
+def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = False) -> list[Any]:
+    """Prometheus exporter, rollout recorder and (with --evaluate) checkpoint evaluation; rank 0
+    only: the loop calls callbacks there."""
     if int(os.environ.get("RANK", "0")) != 0:
         return []
     from stable_layers.metrics import exporter_from_spec
@@ -115,6 +116,10 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None) -> list[Any]:
     from stable_layers.storage import open_store
 
     found = [exporter_from_spec(spec, port=metrics_port), recorder_from_spec(spec, open_store(out))]
+    if evaluate:
+        from stable_layers.eval.periodic import PeriodicEvaluation
+
+        found.append(PeriodicEvaluation(spec, out))
     return [cb for cb in found if cb is not None]
 
 
@@ -141,6 +146,14 @@ def train(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (rank 0).")
     ] = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Evaluate committed checkpoints in this process per eval.everySteps / eval.data "
+            "(local runs; on a cluster the operator runs evaluation Jobs instead).",
+        ),
+    ] = False,
     no_overlap: Annotated[
         bool, typer.Option("--no-overlap", help="Score each group before sampling the next (no background scoring).")
     ] = False,
@@ -168,7 +181,7 @@ def train(
             out,
             max_steps=max_steps,
             resume=resume,
-            callbacks=_callbacks(spec, out, metrics_port),
+            callbacks=_callbacks(spec, out, metrics_port, evaluate),
             overlap_scoring=spec.reward.overlap and not no_overlap,
             show_progress=sys.stderr.isatty(),
         )

@@ -15,6 +15,9 @@ class MetricsSpec(Strict):
     runs). The operator sets 9400. Default none [OURS]."""
     addr: str = "0.0.0.0"
     """Bind address of the endpoint. Default all interfaces (Prometheus scrapes the pod IP)."""
+    linger_seconds: float = Field(30.0, ge=0, le=3600)
+    """Keep serving `/metrics` this long after the run ends, so the final step's values are scraped
+    before the pod exits (Prometheus scrapes every 15–60 s). Default 30 [OURS]."""
     group_std_buckets: list[float] = Field(
         default_factory=lambda: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5], min_length=1
     )
