@@ -43,7 +43,7 @@ EXPOSE 8080 9090
 USER ${APP_UID}:${APP_UID}
 # kopf standalone + liveness on 8080 + metrics on 9090, all namespaces unless --namespace is given.
 # The chart runs the same command with its arguments (tests/test_dockerfile.py checks they agree).
-ENTRYPOINT ["python", "-m", "stable_layers_operator"]
+ENTRYPOINT ["stable-layers-operator"]
 CMD []
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from multiprocessing import get_context
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
+
 from stable_layers.eval.layerd import evaluate_pair
 from stable_layers.eval.metrics import design_metrics
 from stable_layers.layers import composite, to_uint8

@@ -29,6 +29,7 @@ from typing import Any
 
 import boto3
 import psutil
+
 from stable_layers_operator.testing import EmulatedCluster
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from reward_helpers import coloured_group  # noqa: E402
+
 from stable_layers.reward import build_scorer  # noqa: E402
 from stable_layers.reward.fake_server import FakeJudgeServer  # noqa: E402
 from stable_layers.spec import RewardSpec  # noqa: E402

@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 from PIL import Image
+
 from stable_layers import model
 from stable_layers import sampler as S
 from stable_layers.spec import RunSpec

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from stable_layers.reward.base import Group, GroupScore
 from stable_layers.reward.pixel import PixelScorer
 from stable_layers.spec import parse_run_spec

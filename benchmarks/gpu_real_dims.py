@@ -93,6 +93,7 @@ def main() -> int:
         device, dtype = torch.device("cuda"), torch.bfloat16
 
     from peft import LoraConfig
+
     from stable_layers import sampler as S
     from stable_layers.model import Policy
     from stable_layers.spec import QWEN_LORA_TARGETS, SamplerSpec

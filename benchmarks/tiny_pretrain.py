@@ -16,6 +16,7 @@ import torch
 
 def main(repeats: int = 7) -> None:
     from diffusers import QwenImageLayeredPipeline
+
     from stable_layers import tiny
     from stable_layers.pretrain import PretrainConfig, build_components
     from stable_layers.pretrain_dit import flow_matching_loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from stable_layers.reward.base import Candidate, CandidateScore, Group, GroupScore
 from stable_layers.spec import CRITERIA
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from stable_layers.reward.base import Candidate, Group
 from stable_layers.spec import CRITERIA
 

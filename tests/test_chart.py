@@ -99,7 +99,7 @@ def test_operator_deployment_contract() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/stable-layers/operator:{CHART_META['appVersion']}"
-    assert container["command"] == ["python", "-m", "stable_layers_operator"]
+    assert container["command"] == ["stable-layers-operator"]
     assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

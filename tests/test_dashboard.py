@@ -24,6 +24,7 @@ from prom_server import (
     load_dashboard_generator,
     start_prometheus,
 )
+
 from stable_layers.metrics import PrometheusCallback
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ from pathlib import Path
 import crello_fixture as cf
 import numpy as np
 import pytest
+
 from stable_layers.data.crello import CrelloError, CrelloStats, iter_designs, load_rows
 from stable_layers.eval.layerd import evaluate_pair
 from stable_layers.layers import composite, to_uint8

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
+
 from stable_layers.data.sources import DataSourceError, SourceStats, decode_image, iter_images
 from stable_layers.spec import DataSpec
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from stable_layers.spec import SpecError, parse_run_spec
 
 SPEC = {

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import generate_config_reference as gcr  # noqa: E402
+
 from stable_layers.spec import RunSpec  # noqa: E402
 
 README = ROOT / "README.md"

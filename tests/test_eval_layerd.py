@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stable_layers.eval.layerd import (
     aggregate_levels,
     dtw_path,

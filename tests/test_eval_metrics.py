@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from stable_layers.eval.metrics import (
     aggregate,
     artifact_heavy,

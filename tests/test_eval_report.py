@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
+
 from stable_layers.data import synthetic
 from stable_layers.eval.runner import EvalDataError, run_evaluation
 from stable_layers.spec import RunSpec
@@ -197,9 +198,10 @@ def test_cli_with_tiny_model_and_a_lora_checkpoint(tmp_path: Path):
     committed checkpoint in a store, base and adapter in one run."""
     import torch
     import yaml
+    from typer.testing import CliRunner
+
     from stable_layers import model, storage
     from stable_layers.cli import app
-    from typer.testing import CliRunner
 
     run = {
         "name": "tiny-eval",

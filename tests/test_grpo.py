@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from stable_layers.grpo import RatioConfig, compute_advantages, summarize, surrogate
 from stable_layers.spec import GRPOSpec
 

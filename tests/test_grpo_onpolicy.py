@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from stable_layers.grpo import RatioConfig, surrogate
 from stable_layers.spec import parse_run_spec
 
@@ -18,6 +19,7 @@ SPEC = {
 @pytest.fixture(scope="module")
 def rollout_and_policy():
     import numpy as np
+
     from stable_layers.model import load_policy
     from stable_layers.sampler import sample_group
 

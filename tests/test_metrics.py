@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from metrics_data import EXPORTED, make_group, make_score, step_record
 from prometheus_client.parser import text_string_to_metric_families
+
 from stable_layers.metrics import PrometheusCallback, group_summary, judge_outcomes
 from stable_layers.reward.base import CandidateScore, GroupScore
 from stable_layers.spec import CRITERIA

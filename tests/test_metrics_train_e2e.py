@@ -29,6 +29,7 @@ from prom_server import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
+
 from stable_layers import storage
 
 ROOT = Path(__file__).resolve().parent.parent

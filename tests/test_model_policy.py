@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from stable_layers import model
 from stable_layers import sampler as S
 from stable_layers.spec import RunSpec

@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from stable_layers.spec import RunSpec
 from stable_layers_operator import children as ch
 from stable_layers_operator import evaluation as ev

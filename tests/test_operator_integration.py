@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from s3_server import moto_endpoint, reset_moto  # noqa: F401
+
 from stable_layers import storage
 from stable_layers.storage_s3 import S3Store
 from stable_layers_operator.testing import EmulatedCluster

@@ -12,6 +12,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from stable_layers_operator import children as ch
 from stable_layers_operator import kube, manifests
 from stable_layers_operator.crd import IMMUTABLE_AFTER_START, build_crd
@@ -180,7 +181,7 @@ def test_operator_deployment_is_single_replica_recreate() -> None:
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["command"] == ["python", "-m", "stable_layers_operator"]
+    assert container["command"] == ["stable-layers-operator"]
     kustom = yaml.safe_load((ROOT / "manifests/kustomization.yaml").read_text())
     for res in kustom["resources"]:
         assert (ROOT / "manifests" / res).is_file(), res

@@ -27,6 +27,7 @@ import boto3
 import pytest
 import yaml
 from s3_server import moto_endpoint, reset_moto  # noqa: F401
+
 from stable_layers_operator.children import RUN_FILE, resolve_env
 from stable_layers_operator.testing import EmulatedCluster
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stable_layers.pretrain import PretrainConfig, PretrainError, lr_at, pretrain_tiny
 
 MICRO = PretrainConfig(

@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from stable_layers.model import TINY_ASSETS
 from tiny_reference import OUT, reference_output
+
+from stable_layers.model import TINY_ASSETS
 
 
 def test_shipped_directory_is_complete() -> None:

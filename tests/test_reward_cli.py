@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
+
 from stable_layers.cli import app
 from stable_layers.reward.fake_server import FakeJudgeServer
 from stable_layers.reward.group_io import save_group
 from stable_layers.reward.ladder import make_ladder
 from stable_layers.spec import CRITERIA
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

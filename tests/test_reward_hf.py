@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 from reward_helpers import coloured_group
+
 from stable_layers.reward.hf_backend import TransformersBackend
 from stable_layers.reward.vlm import VLMScorer
 from stable_layers.spec import CRITERIA, RewardSpec, TransformersJudgeSpec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from reward_helpers import candidates_by_row, coloured_group
+
 from stable_layers.reward.panels import data_url, render_grid, render_panel, shuffle_order, tile_labels
 from stable_layers.reward.prompts import ParseError, parse_stage1, parse_stage2, stage1_schema, stage2_schema
 from stable_layers.spec import CRITERIA

@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from stable_layers.layers import composite_rgba
 from stable_layers.reward import Candidate, Group, RewardScorer, build_scorer
 from stable_layers.reward.judge_check import judge_check

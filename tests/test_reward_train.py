@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from stable_layers.reward.fake_server import FakeJudgeServer
 from stable_layers.spec import load_run_spec
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from stable_layers import model
 from stable_layers import sampler as S
 from stable_layers.spec import RunSpec, SamplerSpec

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from stable_layers.sampler import sde_step_with_logprob
 
 

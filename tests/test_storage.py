@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from s3_server import BUCKET, moto_endpoint, raw_client, s3_env  # noqa: F401
+
 from stable_layers import storage
 from stable_layers.storage import (
     AlreadyExistsError,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from metrics_data import make_group, make_score
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
+
 from stable_layers.layers import as_rgba_array
 from stable_layers.rollouts import RolloutRecorder, group_dir, sampled
 from stable_layers.storage import open_store

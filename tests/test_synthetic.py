@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stable_layers.data.synthetic import (
     ELEMENT_KINDS,
     HELDOUT_SEED_START,

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from stable_layers.cli import app
 from stable_layers.commands.train import LOCAL_RUN
 from stable_layers.spec import load_run_spec, parse_run_spec
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "local-run.yaml"

@@ -14,6 +14,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
+
 from stable_layers.reward.base import CandidateScore, Group, GroupScore
 from stable_layers.spec import parse_run_spec
 

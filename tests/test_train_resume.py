@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stable_layers import storage
 from stable_layers.spec import parse_run_spec
 

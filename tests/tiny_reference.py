@@ -19,6 +19,7 @@ SIZE = 64
 
 def reference_output() -> dict[str, np.ndarray]:
     import torch
+
     from stable_layers import sampler
     from stable_layers.data.synthetic import make_design, split_seeds
     from stable_layers.model import load_policy

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from stable_layers.spec import RunSpec
 
+from stable_layers.spec import RunSpec
 from stable_layers_operator.resource import API_VERSION, KIND, StableLayersRunSpec
 
 CONFIG_DIR = "/etc/stable-layers"

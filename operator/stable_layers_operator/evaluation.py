@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from stable_layers.storage import CHECKPOINTS, EVAL, step_name
-
 from stable_layers_operator.children import (
     RUN_FILE,
     STEP_LABEL,

@@ -83,7 +83,7 @@ def operator_deployment(namespace: str = NAMESPACE, image: str = IMAGE) -> dict[
                             "name": "operator",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
-                            "command": ["python", "-m", "stable_layers_operator"],
+                            "command": ["stable-layers-operator"],
                             "args": [
                                 "--metrics-port",
                                 str(METRICS_PORT),

@@ -15,7 +15,6 @@ from typing import Any
 
 from stable_layers import storage
 from stable_layers.storage import Store
-
 from stable_layers_operator.evaluation import report_key
 from stable_layers_operator.kube import Cluster
 from stable_layers_operator.resource import StableLayersRunSpec

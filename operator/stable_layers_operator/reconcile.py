@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from stable_layers.storage import StorageError, Store
-
 from stable_layers_operator import children as ch
 from stable_layers_operator import evaluation as ev
 from stable_layers_operator import judge as jd

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
+
 from stable_layers.spec import RunSpec, Strict, format_validation_error
 
 GROUP = "stablelayers.io"
