@@ -107,7 +107,11 @@ def test_operator_deployment_contract() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert probe == {"path": "/healthz", "port": "healthz"} and ports["healthz"] == 8080
     assert "readinessProbe" not in container
-    assert [e["name"] for e in container["env"]] == ["POD_NAMESPACE"]
+    assert [e["name"] for e in container["env"]] == [
+        "POD_NAMESPACE",
+        "STABLE_LAYERS_WORKER_IMAGE",
+        "STABLE_LAYERS_JUDGE_IMAGE",
+    ]
     assert ports["metrics"] == 9090
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
 
@@ -221,6 +225,8 @@ def test_existing_service_account_must_be_named() -> None:
         ("--set", "image.tag=2", "image.tag"),
         # The tag belongs in image.tag; a tag smuggled into the repository would yield "repo:latest:0.1.0".
         ("--set", "image.repository=ghcr.io/x/operator:latest", "image.repository"),
+        # The judge image must stay pinned (vLLM's torch/transformers pins; infra.md §E).
+        ("--set", "images.judge=vllm/vllm-openai", "images.judge"),
     ],
 )
 def test_values_schema_rejects_bad_values(flag: str, setting: str, error: str) -> None:
@@ -399,3 +405,31 @@ def test_chart_names_the_vllm_release_the_operator_pins() -> None:
     from stable_layers_operator.resource import VLLM_IMAGE
 
     assert f"vllm/vllm-openai:v{CHART_META['annotations']['stablelayers.io/vllm-version']}" == VLLM_IMAGE
+
+
+def test_operator_takes_its_default_images_from_the_chart_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """values.yaml pins the judge image; the operator reads the rendered env as the default for runs
+    that name no image, and a run's own image still wins."""
+    from stable_layers_operator import judge, main
+    from stable_layers_operator.children import Owner
+    from stable_layers_operator.resource import VLLM_IMAGE, ImageDefaults, parse_run
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert values["images"]["judge"] == VLLM_IMAGE
+    sets = {"images.judge": "registry.local/vllm-openai:v0.33.0-patched", "images.worker": "registry.local/worker:1"}
+    (container,) = one(render(sets=sets), "Deployment")["spec"]["template"]["spec"]["containers"]
+    for env in container["env"][1:]:
+        monkeypatch.setenv(env["name"], env["value"])
+    args = main.parse_args(container["args"])
+    try:
+        ImageDefaults.configure(worker=args.worker_image, judge=args.judge_image)
+        body = {"run": {"reward": {"kind": "openai"}}, "storage": {"uri": "s3://runs-bucket/demo"}}
+        spec = parse_run(body)
+        assert spec.images.worker == "registry.local/worker:1"
+        c = judge.judge_deployment(spec, Owner(name="demo", namespace="ml", uid="1"))["spec"]["template"]["spec"]
+        assert c["containers"][0]["image"] == "registry.local/vllm-openai:v0.33.0-patched"
+        own = parse_run({**body, "judge": {"image": "vllm/vllm-openai:v0.34.0"}})
+        assert own.judge.image == "vllm/vllm-openai:v0.34.0"
+    finally:
+        ImageDefaults.configure()
+    assert parse_run(body).judge.image == VLLM_IMAGE

@@ -1,4 +1,4 @@
-"""Entry point of the operator image: `python -m stable_layers_operator` (see `manifests/operator`).
+"""Entry point of the operator image: `stable-layers-operator` (see `manifests/operator`).
 
 Runs kopf standalone (one replica, Recreate strategy: no peering objects needed), with kopf's
 liveness endpoint and a Prometheus endpoint for the operator's own metrics.
@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from stable_layers_operator.handlers import OperatorConfig, register
+from stable_layers_operator.resource import ImageDefaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--metrics-port", type=int, default=int(env("STABLE_LAYERS_OPERATOR_METRICS_PORT", "9090")))
     p.add_argument("--liveness", default=env("STABLE_LAYERS_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    p.add_argument(
+        "--worker-image",
+        default=env("STABLE_LAYERS_WORKER_IMAGE"),
+        help="trainer/eval image for runs that name none (default: this release's pinned image)",
+    )
+    p.add_argument(
+        "--judge-image",
+        default=env("STABLE_LAYERS_JUDGE_IMAGE"),
+        help="vLLM judge image for runs that name none (default: the pinned vLLM release)",
+    )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -39,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    ImageDefaults.configure(worker=args.worker_image, judge=args.judge_image)
     config = OperatorConfig(interval=args.interval, wait_delay=args.interval)
     registry = kopf.OperatorRegistry()
     register(registry, config)

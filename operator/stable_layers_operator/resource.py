@@ -30,6 +30,21 @@ VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
 """The vLLM release the reward client was checked against (infra.md §E)."""
 
 
+class ImageDefaults:
+    """Images used when a run names none: the operator's own settings (Helm values
+    `images.worker` / `images.judge` → `--worker-image` / `--judge-image`), falling back to the pins
+    above. Deliberately not CRD schema defaults: the API server would copy a schema default into every
+    stored run, and a cluster admin could then never move all runs to a new pinned image."""
+
+    worker: str = WORKER_IMAGE
+    judge: str = VLLM_IMAGE
+
+    @classmethod
+    def configure(cls, *, worker: str | None = None, judge: str | None = None) -> None:
+        cls.worker = worker or WORKER_IMAGE
+        cls.judge = judge or VLLM_IMAGE
+
+
 class ResourceRequirements(Strict):
     """A container's compute resources, as in a Pod spec (quantities as strings: `"16"`, `64Gi`)."""
 
@@ -55,9 +70,10 @@ class Toleration(Strict):
 
 
 class ImagesSpec(Strict):
-    worker: str = WORKER_IMAGE
+    worker: str = Field(default_factory=lambda: ImageDefaults.worker)
     """Image with the `stable-layers` CLI (torch, diffusers, DeepSpeed) for trainer and eval pods.
-    Default the release image of this operator version."""
+    Default: the operator's `--worker-image` (Helm value `images.worker`), else the release image of
+    this operator version."""
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of every container the operator creates. Default IfNotPresent."""
     pull_secrets: list[str] = Field(default_factory=list)
@@ -100,8 +116,9 @@ class JudgeSpec(Strict):
     or `s3://...` with `--load-format runai_streamer` in `extraArgs`. Default Qwen2.5-VL-7B-Instruct."""
     served_model_name: str = "judge"
     """`--served-model-name`; the trainer's `reward.openai.model` is set to it. Default `judge`."""
-    image: str = VLLM_IMAGE
-    """vLLM OpenAI server image, pinned. Default the vLLM release the reward client was checked on."""
+    image: str = Field(default_factory=lambda: ImageDefaults.judge)
+    """vLLM OpenAI server image. Default: the operator's `--judge-image` (Helm value `images.judge`,
+    pinned), else the vLLM release the reward client was checked on (`vllm/vllm-openai:v0.33.0`)."""
     tensor_parallel: int = Field(1, ge=1, le=16)
     """`--tensor-parallel-size` (1 for 7–8B judges; 72B in bf16 needs 4 H100s). Default 1."""
     gpus: int | None = Field(None, ge=1, le=16)

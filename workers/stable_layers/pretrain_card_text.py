@@ -137,12 +137,12 @@ recomposition, on checkerboards.
 
 ## What it cannot do
 - Anything but these synthetic designs at {cfg.get("resolution")} px: no photographs, no real
-  typography, no layouts with more than {cfg.get("max_elements")} elements.
+  typography, no layouts with more than {cfg.get("max_elements")} elements, layer counts other than
+  2–{int(cfg.get("max_elements", 5)) + 1} were never trained.
 - Prompts: it was trained on one prompt embedding; its text encoder is random.
-- Fine detail: an 8×8×16 latent per frame (and a VAE trained for minutes) blurs text and noise
-  textures; small elements are often merged into the background or left out.
-- Layer counts other than 2–{int(cfg.get("max_elements", 5)) + 1}; when asked for more layers than a design has, it
-  tends to leave blank layers or duplicate content — which is what a reward-driven fine-tune can fix.
+- Fine detail: an 8×8×16 latent per frame blurs text and noise textures (see `samples.png`).
+- Whether it beats trivial decompositions: see the acceptance line above — read it before using
+  this model to demonstrate a fine-tuning gain.
 
 ## Reproduce
 `stable-layers pretrain-tiny --out workers/stable_layers/assets/tiny --seed {cfg.get("seed")}` retrains

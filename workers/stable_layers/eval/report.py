@@ -22,22 +22,12 @@ import numpy as np
 from PIL import Image
 
 from stable_layers.eval import plots
+from stable_layers.eval.summary import verdict
 from stable_layers.layers import on_checkerboard
 
 THUMB = 160
 """Longest side of gallery thumbnails in pixels."""
 
-LOWER_IS_BETTER = {
-    "blank_layer_rate",
-    "composite_duplicate_rate",
-    "artifact_layer_rate",
-    "samples_with_blank",
-    "degenerate_bg",
-    "separation_mean",
-    "recon_l1",
-    "effective_error",
-    "rgb_l1",
-}
 METRIC_ROWS = (
     ("blank_layer_rate", "blank-layer rate ↓"),
     ("samples_with_blank", "designs with ≥1 blank layer ↓"),
@@ -137,11 +127,7 @@ def _comparison_table(summary: dict[str, Any]) -> str:
     detail: list[str] = []
     for key, c in comp.items():
         ci = c.get("ci")
-        cls = ""
-        if ci and (ci[0] > 0 or ci[1] < 0):  # the interval excludes zero
-            lower = key in LOWER_IS_BETTER or "_l1" in key
-            improved = (ci[1] < 0) == lower
-            cls = ' class="better"' if improved else ' class="worse"'
+        cls = {"improved": ' class="better"', "worse": ' class="worse"'}.get(verdict(key, ci), "")
         interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "–"
         # per-layer rows of every (L, k) would swamp the headline table: they go in a fold
         (detail if re.search(r"_L\d+_k\d+$", key) else body).append(
@@ -156,7 +142,27 @@ def _comparison_table(summary: dict[str, Any]) -> str:
         if detail
         else ""
     )
-    return f"<table>{head}{''.join(body)}</table>{folded}"
+    return f"{_changes_text(summary)}<table>{head}{''.join(body)}</table>{folded}"
+
+
+def _changes_text(summary: dict[str, Any]) -> str:
+    """One sentence per verdict over the headline statistics, so that what did not improve is
+    said in words, not only left uncoloured in the table."""
+    changes = summary.get("changes") or []
+    groups: dict[str, list[str]] = {}
+    for row in changes:
+        groups.setdefault(row["verdict"], []).append(html.escape(row["label"]))
+    parts = [
+        f"<b>{title}</b>: {', '.join(groups[v])}."
+        for v, title in (
+            ("improved", "Improved (95% interval excludes zero)"),
+            ("worse", "Worse (95% interval excludes zero)"),
+            ("no significant change", "No significant change (interval contains zero)"),
+            ("no interval", "No interval (too few designs)"),
+        )
+        if groups.get(v)
+    ]
+    return f'<p class="changes">{"<br>".join(parts)}</p>' if parts else ""
 
 
 def render_html(report: dict[str, Any], gallery: Sequence[GalleryItem]) -> str:

@@ -8,6 +8,7 @@ bootstrap intervals over the designs both models could be scored on (stats.paire
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,31 @@ COMPARED_RATIOS = (
     "recon_l1",
     "effective_error",
 )
+
+LOWER_IS_BETTER = frozenset(
+    {
+        "blank_layer_rate",
+        "composite_duplicate_rate",
+        "artifact_layer_rate",
+        "samples_with_blank",
+        "degenerate_bg",
+        "separation_mean",
+        "recon_l1",
+        "effective_error",
+        "rgb_l1",
+    }
+)
+"""Statistics for which a decrease is an improvement (besides every `*_l1*` key)."""
+
+HEADLINE_LABELS = {
+    "blank_layer_rate": "blank-layer rate",
+    "composite_duplicate_rate": "composite-duplicate rate",
+    "artifact_layer_rate": "artifact-heavy layer rate",
+    "recon_l1": "recomposition L1",
+    "recon_psnr": "recomposition PSNR (dB)",
+}
+"""The headline statistics of issue 8 besides LayerD (k = 0 and k = maxEdits) and per-layer L1 by
+L, which `headline_changes` adds from the comparison's keys."""
 
 
 @dataclass
@@ -84,11 +110,12 @@ def compare(
     out: dict[str, Any] = {}
 
     def add(key: str, b: tuple[np.ndarray, np.ndarray], t: tuple[np.ndarray, np.ndarray]) -> None:
-        # A design enters a statistic only where it is defined for both models (paired).
-        den = np.minimum(b[1] > 0, t[1] > 0).astype(np.float64)
-        b_den = np.where(den > 0, b[1], 0.0)
-        t_den = np.where(den > 0, t[1], 0.0)
-        out[key] = paired_bootstrap(b[0] * (den > 0), b_den, t[0] * (den > 0), t_den, resamples=resamples, seed=seed)
+        # A design enters a statistic only where it is defined for both models (paired), and only
+        # those designs are resampled: resampling all designs and dropping the draws without a
+        # defined one would condition on the few that are (one L=3 design gave a zero-width
+        # "interval"), and `designs` would overstate the evidence.
+        keep = (b[1] > 0) & (t[1] > 0)
+        out[key] = paired_bootstrap(b[0][keep], b[1][keep], t[0][keep], t[1][keep], resamples=resamples, seed=seed)
 
     for name in COMPARED_RATIOS:
         add(
@@ -114,12 +141,64 @@ def compare(
     return out
 
 
+def lower_is_better(key: str) -> bool:
+    return key in LOWER_IS_BETTER or "_l1" in key
+
+
+def verdict(key: str, ci: Sequence[float] | None) -> str:
+    """`improved` / `worse` when the 95% interval of fine-tuned − base excludes zero (in the
+    statistic's good / bad direction), `no significant change` when it contains zero, and
+    `no interval` when none could be computed (fewer than 2 designs, or bootstrap off)."""
+    if not ci:
+        return "no interval"
+    if ci[0] <= 0 <= ci[1]:
+        return "no significant change"
+    return "improved" if (ci[1] < 0) == lower_is_better(key) else "worse"
+
+
+def headline_changes(comparison: dict[str, Any], max_edits: int) -> list[dict[str, Any]]:
+    """The changes issue 8 asks the report to state, in a fixed order, each with its interval
+    and verdict: blank-layer and composite-duplicate rates, LayerD RGB L1 / alpha IoU at k = 0
+    and k = maxEdits, per-layer L1 for every L, then artifact rate and recomposition."""
+    keys = ["blank_layer_rate", "composite_duplicate_rate"]
+    labels = dict(HEADLINE_LABELS)
+    for k in sorted({0, max_edits}):
+        keys += [f"layerd_rgb_l1_k{k}", f"layerd_alpha_iou_k{k}"]
+        labels[f"layerd_rgb_l1_k{k}"] = f"LayerD RGB L1, k={k}"
+        labels[f"layerd_alpha_iou_k{k}"] = f"LayerD alpha IoU, k={k}"
+    per_l = sorted((int(m.group(1)), key) for key in comparison if (m := re.fullmatch(r"per_layer_l1_L(\d+)", key)))
+    for n_layers, key in per_l:
+        keys.append(key)
+        labels[key] = f"per-layer L1, L={n_layers}"
+    keys += ["artifact_layer_rate", "recon_l1", "recon_psnr"]
+    rows = []
+    for key in keys:
+        c = comparison.get(key)
+        if c is None:
+            continue
+        rows.append(
+            {
+                "key": key,
+                "label": labels[key],
+                "base": c["base"],
+                "finetuned": c["finetuned"],
+                "diff": c["diff"],
+                "ci": c["ci"],
+                "designs": c["designs"],
+                "lowerIsBetter": lower_is_better(key),
+                "verdict": verdict(key, c["ci"]),
+            }
+        )
+    return rows
+
+
 def summarise(
     results: Sequence[DesignResult], models: Sequence[str], *, max_edits: int, resamples: int, seed: int = 0
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"models": {m: _model_summary(results, m, max_edits) for m in models}}
     if len(models) == 2:
         out["comparison"] = compare(results, models[0], models[1], max_edits=max_edits, resamples=resamples, seed=seed)
+        out["changes"] = headline_changes(out["comparison"], max_edits)
     return out
 
 
