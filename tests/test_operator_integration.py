@@ -62,7 +62,7 @@ def spec_for(endpoint: str, name: str, **extra: Any) -> dict[str, Any]:
     return spec
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 45.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
