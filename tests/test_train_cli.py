@@ -30,7 +30,9 @@ def _spec_file(tmp_path: Path, body: dict | str) -> Path:
     return path
 
 
-def test_example_is_the_embedded_demo_spec():
+def test_example_is_the_embedded_local_run_spec():
+    """examples/local-run.yaml is LOCAL_RUN, the quick example; the demo has its own (DEMO_RUN,
+    tests/test_demo_finetune.py)."""
     assert load_run_spec(EXAMPLE) == parse_run_spec(LOCAL_RUN)
 
 

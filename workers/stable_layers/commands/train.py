@@ -52,7 +52,7 @@ DEMO_RUN: dict[str, Any] = {
         "layers": 4,
         "noiseLevel": 1.0,
     },
-    "grpo": {"groupSize": 8, "imagesPerIteration": 4, "maxSteps": 120, "lr": 0.001, "clipRange": 0.001},
+    "grpo": {"groupSize": 8, "imagesPerIteration": 4, "maxSteps": 120, "lr": 0.0003, "clipRange": 0.001},
     "distributed": {"engine": "torch"},
     "reward": {
         "kind": "pixel",
@@ -252,6 +252,8 @@ def print_changes(report: dict[str, Any]) -> None:
 
     rows = report["summary"].get("changes") or []
     console = Console()
+    if not console.is_terminal:  # logs and pipes: rich's 80-column default would fold every cell
+        console = Console(width=150)
     if not rows:
         console.print("no base → fine-tuned comparison in the report")
         return
@@ -274,8 +276,8 @@ def print_changes(report: dict[str, Any]) -> None:
     console.print(table)
     improved = [r["label"] for r in rows if r["verdict"] == "improved"]
     not_improved = [r["label"] for r in rows if r["verdict"] != "improved"]
-    console.print(f"improved: {', '.join(improved) or 'nothing'}", highlight=False, soft_wrap=True)
-    console.print(f"did not improve: {', '.join(not_improved) or 'nothing'}", highlight=False, soft_wrap=True)
+    console.print(f"improved: {'; '.join(improved) or 'nothing'}", highlight=False, soft_wrap=True)
+    console.print(f"did not improve: {'; '.join(not_improved) or 'nothing'}", highlight=False, soft_wrap=True)
 
 
 def demo(

@@ -153,7 +153,7 @@ def _changes_text(summary: dict[str, Any]) -> str:
     for row in changes:
         groups.setdefault(row["verdict"], []).append(html.escape(row["label"]))
     parts = [
-        f"<b>{title}</b>: {', '.join(groups[v])}."
+        f"<b>{title}</b>: {'; '.join(groups[v])}."
         for v, title in (
             ("improved", "Improved (95% interval excludes zero)"),
             ("worse", "Worse (95% interval excludes zero)"),

@@ -164,12 +164,12 @@ def headline_changes(comparison: dict[str, Any], max_edits: int) -> list[dict[st
     labels = dict(HEADLINE_LABELS)
     for k in sorted({0, max_edits}):
         keys += [f"layerd_rgb_l1_k{k}", f"layerd_alpha_iou_k{k}"]
-        labels[f"layerd_rgb_l1_k{k}"] = f"LayerD RGB L1, k={k}"
-        labels[f"layerd_alpha_iou_k{k}"] = f"LayerD alpha IoU, k={k}"
+        labels[f"layerd_rgb_l1_k{k}"] = f"LayerD RGB L1 (k={k})"
+        labels[f"layerd_alpha_iou_k{k}"] = f"LayerD alpha IoU (k={k})"
     per_l = sorted((int(m.group(1)), key) for key in comparison if (m := re.fullmatch(r"per_layer_l1_L(\d+)", key)))
     for n_layers, key in per_l:
         keys.append(key)
-        labels[key] = f"per-layer L1, L={n_layers}"
+        labels[key] = f"per-layer L1 (L={n_layers})"
     keys += ["artifact_layer_rate", "recon_l1", "recon_psnr"]
     rows = []
     for key in keys:
