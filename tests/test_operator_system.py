@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import yaml
 from s3_server import moto_endpoint, reset_moto  # noqa: F401
 
 from stable_layers_operator.children import RUN_FILE, resolve_env
-from stable_layers_operator.testing import EmulatedCluster
+from stable_layers_operator.testing import EmulatedCluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.system]
 
@@ -42,16 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pod_process(

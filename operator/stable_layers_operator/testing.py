@@ -13,7 +13,9 @@ import asyncio
 import base64
 import json
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -245,3 +247,15 @@ class EmulatedCluster:
             if str(method).upper() == "POST" and request.url.path.endswith(f"/{plural}"):
                 names.append((request.data or {}).get("metadata", {}).get("name"))
         return names
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 45.0, poll: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy (returned) or fail naming `what`. The timeout
+    is generous for loaded CI machines; a met condition returns at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
