@@ -98,8 +98,15 @@ def test_generated_trainer_and_eval_pods_run_and_the_operator_follows(moto_endpo
         cluster.set_job_state("tiny-trainer-0", "Complete")
 
         eval_job = wait_for(lambda: cluster.get("Job", "tiny-eval-000002"), "final evaluation Job")
-        st = cluster.get_run("tiny")["status"]
-        assert st["phase"] == "Evaluating" and st["step"] == 2 and st["lastCheckpoint"]["step"] == 2
+        # The Job can exist a moment before the status patch that reports it lands (kopf retries
+        # patches), so wait for the status rather than reading it once.
+        st = wait_for(
+            lambda: (
+                cluster.get_run("tiny")["status"].get("phase") == "Evaluating" and cluster.get_run("tiny")["status"]
+            ),
+            "Evaluating",
+        )
+        assert st["step"] == 2 and st["lastCheckpoint"]["step"] == 2
         assert st["lastCheckpoint"]["uri"] == f"s3://{BUCKET}/tiny/checkpoints/step-000002"
         assert st["reward"]["mean"] > 0 and "spread" in st["reward"]
         run_all([pod_process(eval_job, 0, run_file, {})], tmp_path)
