@@ -26,25 +26,11 @@ class RichReporter:
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+
+        from stable_layers.console import step_progress
 
         self.console = console or Console()
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<12}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
+        self.progress = step_progress("loss {task.fields[loss]:.4f}", console=self.console)
         self.tasks: dict[str, Any] = {}
         self._ema: dict[str, float] = {}
 

@@ -132,19 +132,9 @@ def _progress(
 def _progress_bar(enabled: bool, total: int, done: int) -> Any:
     if not enabled:
         return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from stable_layers.console import step_progress
 
-    bar = Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
+    bar = step_progress("{task.fields[info]}", label="[bold]train[/]")
     bar.add_task("train", total=total, completed=done, info="")
     return bar
 
