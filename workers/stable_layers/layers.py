@@ -75,6 +75,30 @@ def on_checkerboard(layer: np.ndarray, cell: int = 8) -> np.ndarray:
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def canonical_order(layers: Sequence[np.ndarray]) -> list[int]:
+    """A reordering of a back-to-front RGBA stack that composites to the same image: layers that
+    overlap (alpha > 0 on a common pixel) keep their relative order; among the layers free to go
+    next, the one with the largest visible area goes first (ties: the lower original index).
+
+    The order of layers that do not overlap is invisible in the composite, so a generator that
+    draws it at random asks a model to guess it. Training on this order removes that guess
+    (LayerD's evaluation groups non-overlapping layers anyway, so it scores the same either way).
+    """
+    masks = np.stack([np.asarray(layer)[..., 3].reshape(-1) > 0 for layer in layers]).astype(np.float32)
+    overlaps = (masks @ masks.T) > 0.5
+    area = masks.sum(axis=1)
+    n = len(layers)
+    placed: list[int] = []
+    remaining = list(range(n))
+    while remaining:
+        # free: no remaining layer below it overlaps it
+        free = [j for j in remaining if not any(overlaps[i, j] for i in remaining if i < j)]
+        pick = max(free, key=lambda j: (area[j], -j))
+        placed.append(pick)
+        remaining.remove(pick)
+    return placed
+
+
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """Float image in [0,1] → uint8."""
     return np.clip(np.round(np.asarray(rgb, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)

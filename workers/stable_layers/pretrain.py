@@ -47,27 +47,35 @@ class PretrainConfig:
     """Designs are generated at this size and resized to `resolution`, as an input would be."""
     max_elements: int = 5
     # VAE
-    vae_steps: int = 800
+    vae_steps: int = 2400
     vae_batch: int = 8
     vae_designs_per_step: int = 3
-    vae_lr: float = 5e-4
+    vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
     vae_latent_noise: float = 0.05
-    vae_mse_weight: float = 0.0
+    vae_mse_weight: float = 4.0
+    """Weight of the colour MSE next to the colour L1 (`pretrain_vae.layer_reconstruction_loss`)."""
+    vae_transparent_rgb_weight: float = 0.05
+    """Weight of colour errors under fully transparent ground truth (1 = unweighted)."""
+    vae_latent_gain: float = 8.0
+    """`pretrain_vae.apply_latent_path_gain` at initialisation (1 = the builder's init)."""
     vae_base_dim: int = 16
     vae_dim_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_num_res_blocks: int = 1
     stats_designs: int = 96
     # transformer
-    dit_steps: int = 1500
+    dit_steps: int = 3600
     dit_batch: int = 16
     dit_lr: float = 1e-3
-    dit_layers: int = 4
+    dit_layers: int = 6
     dit_heads: int = 4
     dit_head_dim: int = 32
     axes_dims_rope: tuple[int, ...] = (8, 12, 12)
     text_dim: int = 32
     dit_designs: int = 2000
+    dit_canonical_order: bool = True
+    """Train on `layers.canonical_order` of each design (the order of non-overlapping layers is
+    not visible in the composite; the generator draws it at random)."""
     val_designs: int = 48
     prompt: str = DEFAULT_PROMPT
     # bookkeeping
@@ -248,10 +256,18 @@ def _prepare_work_dir(out: Path, cfg: PretrainConfig, resume: bool) -> Path:
 
 
 def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase:
-    from stable_layers.pretrain_vae import frame_batch, image_processor, reconstruction_psnr, vae_loss
+    from stable_layers.pretrain_vae import (
+        apply_latent_path_gain,
+        frame_batch,
+        image_processor,
+        reconstruction_metrics,
+        vae_loss,
+    )
 
     proc = image_processor()
     phase = Phase("vae")
+    if cfg.vae_latent_gain != 1.0:
+        apply_latent_path_gain(vae, cfg.vae_latent_gain)  # a resumed run overwrites it from the checkpoint
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt = work / "vae.pt"
     _load_checkpoint(ckpt, vae, opt, phase)
@@ -269,8 +285,9 @@ def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase
         x = frame_batch(chosen, cfg.vae_batch, cfg.resolution, cfg.design_size, cfg.max_elements, rng, proc)
         for group in opt.param_groups:
             group["lr"] = lr_at(i, cfg.vae_steps, cfg.vae_lr, cfg.warmup_fraction)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         loss, parts = vae_loss(
-            vae, x, torch.Generator().manual_seed(int(rng.integers(2**62))), cfg.vae_kl_weight, cfg.vae_latent_noise
+            vae, x, gen, cfg.vae_kl_weight, cfg.vae_latent_noise, cfg.vae_mse_weight, cfg.vae_transparent_rgb_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -280,7 +297,7 @@ def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase
 
     def evaluate() -> dict[str, float]:
         vae.eval()
-        return {"val_psnr": reconstruction_psnr(vae, val_frames)}
+        return reconstruction_metrics(vae, val_frames)
 
     run_phase(phase, cfg.vae_steps, step, evaluate, lambda: _save_checkpoint(ckpt, vae, opt, phase), cfg, reporter)
     vae.eval().requires_grad_(False)
@@ -291,7 +308,7 @@ def encode_data(vae: Any, cfg: PretrainConfig, work: Path) -> tuple[Any, Any, li
     """Latent stats (stored in the VAE config) and the encoded training / held-out latents (cached
     in the work dir: recomputing them is deterministic but costs a minute)."""
     from stable_layers.pretrain_dit import LatentSet, encode_designs
-    from stable_layers.pretrain_vae import design_tensors, image_processor, latent_stats
+    from stable_layers.pretrain_vae import canonical_tensor_order, design_tensors, image_processor, latent_stats
 
     cache = work / "latents.pt"
     if cache.is_file():
@@ -302,7 +319,10 @@ def encode_data(vae: Any, cfg: PretrainConfig, work: Path) -> tuple[Any, Any, li
         proc = image_processor()
 
         def pixels(seeds: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            return [design_tensors(s, cfg.resolution, cfg.design_size, cfg.max_elements, proc) for s in seeds]
+            out = [design_tensors(s, cfg.resolution, cfg.design_size, cfg.max_elements, proc) for s in seeds]
+            if cfg.dit_canonical_order:
+                out = [(comp, layers[canonical_tensor_order(layers)]) for comp, layers in out]
+            return out
 
         stats_px = pixels(split_seeds("train", cfg.stats_designs, start=cfg.dit_designs))
         frames = torch.stack([f for comp, lay in stats_px for f in (comp, *lay)]).unsqueeze(2)

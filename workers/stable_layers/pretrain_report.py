@@ -66,7 +66,7 @@ def _smooth(values: list[float], window: int = 25) -> np.ndarray:
 
 
 def plot_losses(vae: Phase, transformer: Phase, path: Path) -> Path:
-    """Two panels: VAE L1 + held-out PSNR, transformer flow-matching loss + held-out loss."""
+    """Two panels: VAE reconstruction loss + held-out PSNR, transformer flow-matching loss + held-out loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +74,7 @@ def plot_losses(vae: Phase, transformer: Phase, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, phase, key, val_key, title in (
-        (axes[0], vae, "l1", "val_psnr", "VAE: L1 (train) / PSNR dB (held-out)"),
+        (axes[0], vae, "rec", "val_psnr", "VAE: reconstruction loss (train) / PSNR dB (held-out)"),
         (axes[1], transformer, "loss", "val_loss", "Transformer: flow-matching MSE"),
     ):
         raw = [h[key] for h in phase.history]

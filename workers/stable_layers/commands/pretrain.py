@@ -14,10 +14,10 @@ def pretrain_tiny(
     ],
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and noise.")] = 0,
     vae_steps: Annotated[
-        int | None, typer.Option("--vae-steps", min=1, help="VAE optimizer steps (default 800).")
+        int | None, typer.Option("--vae-steps", min=1, help="VAE optimizer steps (default 2400).")
     ] = None,
     dit_steps: Annotated[
-        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 1500).")
+        int | None, typer.Option("--dit-steps", min=1, help="Transformer optimizer steps (default 3600).")
     ] = None,
     designs: Annotated[
         int | None, typer.Option("--designs", min=16, help="Training designs for the transformer (default 2000).")
@@ -34,8 +34,9 @@ def pretrain_tiny(
         bool, typer.Option("--keep-work", help="Keep <out>.work (checkpoints, latents) afterwards.")
     ] = False,
     threads: Annotated[
-        int, typer.Option("--threads", min=1, help="torch intra-op threads (1 is fastest for tiny models).")
-    ] = 1,
+        int,
+        typer.Option("--threads", min=1, help="torch intra-op threads (results are deterministic per thread count)."),
+    ] = 2,
 ) -> None:
     """Train the tiny layer-decomposition model from scratch on CPU (VAE, then transformer) and
     save it as a QwenImageLayeredPipeline directory with a model card."""
