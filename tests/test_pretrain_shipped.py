@@ -53,7 +53,7 @@ def test_vae_reconstructs_layer_shapes(heldout: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue acceptance half met by the shipped weights: alpha IoU beats both trivial stacks, RGB L1 does not "
+    reason="issue acceptance half met by the shipped weights: alpha IoU beats one trivial stack and ties the other, RGB L1 loses to both "
     "(the transformer misplaces elements; docs/tiny-model.md, Known problem); strict, so a model that passes "
     "makes this test fail until the marker is removed",
 )
