@@ -96,3 +96,18 @@ def test_latent_path_gain_scales_the_latent_convolutions_and_zeroes_biases() -> 
     apply_latent_path_gain(vae, 8.0)
     torch.testing.assert_close(vae.quant_conv.weight.detach(), 8.0 * before)
     assert all(float(p.abs().max()) == 0.0 for n, p in vae.named_parameters() if n.endswith("bias"))
+
+
+def test_logit_mean_moves_training_noise_levels_up_without_changing_the_default() -> None:
+    from stable_layers.pretrain_dit import sample_sigmas, shifted_sigmas
+
+    def draw(mean: float) -> torch.Tensor:
+        return sample_sigmas(4000, 16, torch.Generator().manual_seed(3), mean)
+
+    base, high = draw(0.0), draw(2.0)
+    # mean 0 is the SD3 logit-normal: u = sigmoid(z), then the time shift
+    z = torch.randn(4000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(base, shifted_sigmas(torch.sigmoid(z).clamp(1e-4, 1 - 1e-4), 16))
+    assert float(base.median()) == pytest.approx(float(shifted_sigmas(torch.tensor(0.5), 16)), abs=0.03)
+    assert float((high > 0.9).float().mean()) > 3 * float((base > 0.9).float().mean())
+    assert 0.0 < float(high.min()) and float(high.max()) < 1.0

@@ -51,13 +51,19 @@ def test_vae_reconstructs_layer_shapes(heldout: dict) -> None:
 
 
 @pytest.mark.slow
+def test_beats_trivial_decompositions_on_alpha_iou(heldout: dict) -> None:
+    # the card's 64 designs give +0.094 / +0.054 with intervals excluding 0; these 6 give ~+0.09
+    for base in ("trivial_layer0", "trivial_copy"):
+        assert heldout["tiny"]["alpha_iou_k0"] > heldout[base]["alpha_iou_k0"] + 0.03, (base, heldout)
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue acceptance half met by the shipped weights: alpha IoU beats one trivial stack and ties the other, RGB L1 loses to both "
+    reason="issue acceptance half met by the shipped weights: alpha IoU beats both trivial stacks, RGB L1 loses to both "
     "(the transformer misplaces elements; docs/tiny-model.md, Known problem); strict, so a model that passes "
     "makes this test fail until the marker is removed",
 )
-def test_beats_trivial_decompositions_on_heldout_designs(heldout: dict) -> None:
+def test_beats_trivial_decompositions_on_rgb_l1(heldout: dict) -> None:
     for base in ("trivial_layer0", "trivial_copy"):
         assert heldout["tiny"]["rgb_l1_k0"] < heldout[base]["rgb_l1_k0"], (base, heldout)
-        assert heldout["tiny"]["alpha_iou_k0"] > heldout[base]["alpha_iou_k0"], (base, heldout)

@@ -126,8 +126,8 @@ the mean |RGB error| where the ground truth is visible. Latent encoding of the t
 {training.get("encode_seconds")} s. Loss curves:
 `loss_curve.png`. Objective as in the real model: the composite's latent (mode, normalised) is the
 condition frame appended after the noisy frames; the targets are frame 0 = the composite and frames
-1..L = the ground-truth layers back to front, L varying per design; σ ~ logit-normal mapped through
-the sampler's exponential time shift; the transformer predicts ε − x₀.
+1..L = the ground-truth layers back to front, L varying per design; σ = sigmoid(N({cfg.get("dit_logit_mean", 0.0)}, 1))
+mapped through the sampler's exponential time shift; the transformer predicts ε − x₀.
 
 ## Held-out results
 {s["designs"]} held-out designs at {s["size"]} px, decomposed at the ground-truth layer count with

@@ -112,9 +112,12 @@ def shifted_sigmas(u: torch.Tensor, cond_tokens: int) -> torch.Tensor:
     return math.exp(mu) / (math.exp(mu) + (1.0 / u - 1.0))
 
 
-def sample_sigmas(batch: int, cond_tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """Logit-normal(0, 1) timesteps (SD3 / Qwen-Image practice), then the sampler's time shift."""
-    u = torch.sigmoid(torch.randn(batch, generator=generator))
+def sample_sigmas(
+    batch: int, cond_tokens: int, generator: torch.Generator, logit_mean: float = 0.0
+) -> torch.Tensor:
+    """Logit-normal(`logit_mean`, 1) timesteps (SD3 / Qwen-Image practice), then the sampler's
+    time shift. `logit_mean` > 0 spends more of the training on high noise levels."""
+    u = torch.sigmoid(torch.randn(batch, generator=generator) + logit_mean)
     return shifted_sigmas(u.clamp(1e-4, 1 - 1e-4), cond_tokens)
 
 
@@ -147,7 +150,9 @@ def flow_matching_loss(
     return (out.float() - target.float()).pow(2).mean()
 
 
-def step_batch(data: LatentSet, batch: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_batch(
+    data: LatentSet, batch: int, seed: int, step: int, logit_mean: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch of `step`: (x0, sigmas, noise), a pure function of (seed, step) so a resumed run
     sees exactly the batches an uninterrupted one would. L is drawn uniformly over the buckets."""
     rng = np.random.default_rng([seed, 2, step])
@@ -157,7 +162,7 @@ def step_batch(data: LatentSet, batch: int, seed: int, step: int) -> tuple[torch
     x0 = bucket[torch.from_numpy(np.sort(idx))]
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     cond_tokens = (x0.shape[-2] // 2) * (x0.shape[-1] // 2)
-    sigmas = sample_sigmas(batch, cond_tokens, gen)
+    sigmas = sample_sigmas(batch, cond_tokens, gen, logit_mean)
     noise = torch.randn(x0.shape, generator=gen)
     return x0, sigmas, noise
 
