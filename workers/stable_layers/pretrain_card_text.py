@@ -128,6 +128,9 @@ the mean |RGB error| where the ground truth is visible. Latent encoding of the t
 condition frame appended after the noisy frames; the targets are frame 0 = the composite and frames
 1..L = the ground-truth layers back to front, L varying per design; σ = sigmoid(N({cfg.get("dit_logit_mean", 0.0)}, 1))
 mapped through the sampler's exponential time shift; the transformer predicts ε − x₀.
+The transformer's held-out "val loss" is the same loss at the fixed noise levels σ = 0.1, 0.3, 0.5,
+0.7, 0.9 on 48 held-out designs: comparable over one run, not across logit means (a shifted
+distribution trains the low-noise end less and scores worse there while decomposing better).
 
 ## Held-out results
 {s["designs"]} held-out designs at {s["size"]} px, decomposed at the ground-truth layer count with
