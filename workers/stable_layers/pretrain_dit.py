@@ -112,9 +112,7 @@ def shifted_sigmas(u: torch.Tensor, cond_tokens: int) -> torch.Tensor:
     return math.exp(mu) / (math.exp(mu) + (1.0 / u - 1.0))
 
 
-def sample_sigmas(
-    batch: int, cond_tokens: int, generator: torch.Generator, logit_mean: float = 0.0
-) -> torch.Tensor:
+def sample_sigmas(batch: int, cond_tokens: int, generator: torch.Generator, logit_mean: float = 0.0) -> torch.Tensor:
     """Logit-normal(`logit_mean`, 1) timesteps (SD3 / Qwen-Image practice), then the sampler's
     time shift. `logit_mean` > 0 spends more of the training on high noise levels."""
     u = torch.sigmoid(torch.randn(batch, generator=generator) + logit_mean)
