@@ -75,6 +75,12 @@ def on_checkerboard(layer: np.ndarray, cell: int = 8) -> np.ndarray:
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def alpha_overlaps(alphas: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(n×n bool: layers i and j share a pixel with alpha > 0, n: pixels with alpha > 0 per layer)."""
+    masks = np.stack([np.asarray(a).reshape(-1) > 0 for a in alphas]).astype(np.float32)
+    return (masks @ masks.T) > 0.5, masks.sum(axis=1)
+
+
 def canonical_order(layers: Sequence[np.ndarray]) -> list[int]:
     """A reordering of a back-to-front RGBA stack that composites to the same image: layers that
     overlap (alpha > 0 on a common pixel) keep their relative order; among the layers free to go
@@ -84,9 +90,7 @@ def canonical_order(layers: Sequence[np.ndarray]) -> list[int]:
     draws it at random asks a model to guess it. Training on this order removes that guess
     (LayerD's evaluation groups non-overlapping layers anyway, so it scores the same either way).
     """
-    masks = np.stack([np.asarray(layer)[..., 3].reshape(-1) > 0 for layer in layers]).astype(np.float32)
-    overlaps = (masks @ masks.T) > 0.5
-    area = masks.sum(axis=1)
+    overlaps, area = alpha_overlaps([np.asarray(layer)[..., 3] for layer in layers])
     n = len(layers)
     placed: list[int] = []
     remaining = list(range(n))

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from stable_layers.layers import alpha_overlaps
+
 EPS = 1e-8
 """Added to the mask area of RGB L1, as in the reference (an empty GT layer scores ≈ 0)."""
 
@@ -124,10 +126,8 @@ def occlusion_groups(alphas: Sequence[np.ndarray]) -> list[list[int]]:
     Repeatedly take every remaining layer that no later remaining layer overlaps (hard masks α > 0),
     top first; non-overlapping siblings and blank layers end up in one group.
     """
-    n = len(alphas)
-    flat = np.stack([np.asarray(a).reshape(-1) > 0 for a in alphas]).astype(np.float32)
-    overlaps = (flat @ flat.T) > 0.5  # pairwise "any pixel where both are set"
-    remaining = list(range(n))
+    overlaps, _ = alpha_overlaps(alphas)
+    remaining = list(range(len(alphas)))
     groups: list[list[int]] = []
     while remaining:
         group = [i for pos, i in enumerate(remaining) if not any(overlaps[i, j] for j in remaining[pos + 1 :])]
