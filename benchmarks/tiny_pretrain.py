@@ -18,7 +18,8 @@ def main(repeats: int = 7) -> None:
     from diffusers import QwenImageLayeredPipeline
 
     from stable_layers import tiny
-    from stable_layers.pretrain import PretrainConfig, build_components
+    from stable_layers.pretrain import build_components
+    from stable_layers.pretrain_config import PretrainConfig
     from stable_layers.pretrain_dit import flow_matching_loss
 
     torch.set_num_threads(1)

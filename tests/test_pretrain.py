@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stable_layers.pretrain import PretrainConfig, PretrainError, lr_at, pretrain_tiny
+from stable_layers.pretrain import PretrainError, lr_at, pretrain_tiny
+from stable_layers.pretrain_config import PretrainConfig
 
 MICRO = PretrainConfig(
     resolution=32,
@@ -130,6 +131,8 @@ def test_config_validation_and_schedule() -> None:
         PretrainConfig(dit_head_dim=32, axes_dims_rope=(8, 4, 4))
     with pytest.raises(ValueError, match="unknown"):
         PretrainConfig.from_json({"sead": 1})
+    with pytest.raises(ValueError, match="dit_content_weight"):
+        PretrainConfig(dit_content_weight=0.0)
     assert PretrainConfig.from_json(MICRO.to_json()) == MICRO
     lrs = [lr_at(i, 100, 1.0, 0.1) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)

@@ -111,3 +111,52 @@ def test_logit_mean_moves_training_noise_levels_up_without_changing_the_default(
     assert float(base.median()) == pytest.approx(float(shifted_sigmas(torch.tensor(0.5), 16)), abs=0.03)
     assert float((high > 0.9).float().mean()) > 3 * float((base > 0.9).float().mean())
     assert float(high.min()) > 0.0 and float(high.max()) < 1.0
+
+
+def test_content_weights_emphasise_element_pixels_only() -> None:
+    from stable_layers.pretrain_dit import content_weights
+
+    transparent = torch.zeros(4, 2, 2)
+    x0 = torch.zeros(1, 4, 4, 2, 2)  # composite, background, two element frames
+    x0[:, :2] = 3.0  # composite and background differ from transparent everywhere
+    x0[0, 2, :, 0, 1] = 1.0  # element pixel: mean squared distance 1 > 0.5
+    x0[0, 3, :, 1, 1] = 0.5  # faint: 0.25 < 0.5, counts as transparent
+    w = content_weights(x0, transparent, 4.0, 0.5)
+    assert w.shape == (1, 4, 1, 2, 2)
+    expected = torch.ones(1, 4, 1, 2, 2)
+    expected[0, 2, 0, 0, 1] = 4.0
+    assert torch.equal(w, expected)
+    assert torch.equal(content_weights(x0, transparent, 1.0, 0.5), torch.ones(1, 4, 1, 2, 2))
+
+
+def test_weighted_flow_loss_is_the_weighted_mean_of_squared_velocity_errors() -> None:
+    from stable_layers.pretrain import build_components
+    from stable_layers.pretrain_config import PretrainConfig
+    from stable_layers.pretrain_dit import flow_matching_loss, pack
+
+    torch.manual_seed(0)
+    cfg = PretrainConfig(dit_layers=1, dit_heads=1, axes_dims_rope=(8, 12, 12))
+    transformer = build_components(cfg)["transformer"].eval()
+    x0, noise = torch.randn(2, 3, 16, 4, 4), torch.randn(2, 3, 16, 4, 4)
+    sig = torch.tensor([0.3, 0.8])
+    embeds = torch.randn(1, 5, cfg.text_dim)
+    with torch.no_grad():
+        plain = flow_matching_loss(transformer, x0, sig, noise, embeds, None)
+        ones = flow_matching_loss(transformer, x0, sig, noise, embeds, None, torch.ones(2, 3, 1, 4, 4))
+        only = torch.zeros(2, 3, 1, 4, 4)
+        only[:, 2] = 1.0  # weight on the last frame alone: its own mean error
+        last = flow_matching_loss(transformer, x0, sig, noise, embeds, None, only)
+        # the same number from the per-frame errors: frame 2's share of the packed sequence
+        s = sig.view(2, 1, 1, 1, 1)
+        out = transformer(
+            hidden_states=torch.cat([pack((1 - s) * x0 + s * noise), pack(x0[:, :1])], 1),
+            timestep=sig,
+            encoder_hidden_states=embeds.expand(2, -1, -1),
+            img_shapes=[[(1, 2, 2)] * 4] * 2,
+            additional_t_cond=torch.zeros(2, dtype=torch.long),
+            return_dict=False,
+        )[0][:, :12]
+        err = (out - pack(noise - x0)).pow(2)
+    torch.testing.assert_close(ones, plain)
+    torch.testing.assert_close(last, err[:, 8:12].mean())
+    assert abs(float(last) - float(plain)) > 1e-4

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,84 +28,7 @@ import numpy as np
 import torch
 
 from stable_layers.data.synthetic import split_seeds
-from stable_layers.spec import ModelSpec
-
-DEFAULT_PROMPT: str = ModelSpec.model_fields["prompt"].default
-"""The prompt the policy encodes by default (`model.prompt`): the tiny model is trained on this
-prompt's embedding only."""
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that determines the trained model. Saved with the checkpoints; `--resume` refuses
-    a different configuration."""
-
-    seed: int = 0
-    resolution: int = 64
-    """Working size (square; multiple of 16). 64 px → 8×8 latents → 16 tokens per frame."""
-    design_size: int = 128
-    """Designs are generated at this size and resized to `resolution`, as an input would be."""
-    max_elements: int = 5
-    # VAE
-    vae_steps: int = 2400
-    vae_batch: int = 8
-    vae_designs_per_step: int = 3
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-4
-    vae_latent_noise: float = 0.05
-    vae_mse_weight: float = 4.0
-    """Weight of the colour MSE next to the colour L1 (`pretrain_vae.layer_reconstruction_loss`)."""
-    vae_transparent_rgb_weight: float = 0.05
-    """Weight of colour errors under fully transparent ground truth (1 = unweighted)."""
-    vae_latent_gain: float = 8.0
-    """`pretrain_vae.apply_latent_path_gain` at initialisation (1 = the builder's init)."""
-    vae_base_dim: int = 16
-    vae_dim_mult: tuple[int, ...] = (1, 1, 2, 2)
-    vae_num_res_blocks: int = 1
-    stats_designs: int = 96
-    # transformer
-    dit_steps: int = 3600
-    dit_batch: int = 16
-    dit_lr: float = 3e-3
-    dit_logit_mean: float = 3.0
-    """Location of the logit-normal noise-level distribution (`pretrain_dit.sample_sigmas`).
-    Where each element goes is decided at high noise; > 0 trains more there."""
-    dit_layers: int = 6
-    dit_heads: int = 4
-    dit_head_dim: int = 32
-    axes_dims_rope: tuple[int, ...] = (8, 12, 12)
-    text_dim: int = 32
-    dit_designs: int = 2000
-    dit_canonical_order: bool = True
-    """Train on `layers.canonical_order` of each design (the order of non-overlapping layers is
-    not visible in the composite; the generator draws it at random)."""
-    val_designs: int = 48
-    prompt: str = DEFAULT_PROMPT
-    # bookkeeping
-    checkpoint_every: int = 100
-    eval_every: int = 250
-    warmup_fraction: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.resolution % 16 or self.resolution < 32:
-            raise ValueError(
-                f"resolution must be a multiple of 16 and >= 32 (8x VAE + 2x2 packing), got {self.resolution}"
-            )
-        if sum(self.axes_dims_rope) != self.dit_head_dim:
-            raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to dit_head_dim {self.dit_head_dim}")
-        if not 1 <= self.max_elements <= 5:
-            raise ValueError(f"max_elements must be in 1..5, got {self.max_elements}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PretrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ValueError(f"unknown pretraining config fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+from stable_layers.pretrain_config import PretrainConfig
 
 
 class PretrainError(RuntimeError):
@@ -340,9 +263,13 @@ def encode_data(vae: Any, cfg: PretrainConfig, work: Path) -> tuple[Any, Any, li
 
 def train_transformer(
     transformer: Any, train: Any, val: Any, embeds: torch.Tensor, mask: torch.Tensor | None, cfg: PretrainConfig,
-    work: Path, reporter: Any,
+    work: Path, reporter: Any, transparent: torch.Tensor | None = None,
 ) -> Phase:  # fmt: skip
-    from stable_layers.pretrain_dit import flow_matching_loss, step_batch, validation_loss
+    """`transparent`: `pretrain_dit.transparent_latent`, needed when `cfg.dit_content_weight` ≠ 1."""
+    from stable_layers.pretrain_dit import content_weights, flow_matching_loss, step_batch, validation_loss
+
+    if cfg.dit_content_weight != 1 and transparent is None:
+        raise ValueError("dit_content_weight != 1 needs the transparent latent (pretrain_dit.transparent_latent)")
 
     phase = Phase("transformer")
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.dit_lr, weight_decay=0.01)
@@ -354,7 +281,10 @@ def train_transformer(
         x0, sigmas, noise = step_batch(train, cfg.dit_batch, cfg.seed, i, cfg.dit_logit_mean)
         for group in opt.param_groups:
             group["lr"] = lr_at(i, cfg.dit_steps, cfg.dit_lr, cfg.warmup_fraction)
-        loss = flow_matching_loss(transformer, x0, sigmas, noise, embeds, mask)
+        weights = None
+        if transparent is not None and cfg.dit_content_weight != 1:
+            weights = content_weights(x0, transparent, cfg.dit_content_weight, cfg.dit_content_threshold)
+        loss = flow_matching_loss(transformer, x0, sigmas, noise, embeds, mask, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -378,6 +308,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig, *, resume: bool = False,
     written as `out/training.json`). See the module docstring for the resume/atomicity contract."""
     from diffusers import QwenImageLayeredPipeline
 
+    from stable_layers.pretrain_dit import transparent_latent
     from stable_layers.pretrain_report import NullReporter, plot_losses
 
     reporter = reporter or NullReporter()
@@ -393,7 +324,10 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig, *, resume: bool = False,
     pipe = QwenImageLayeredPipeline(processor=None, **comps)
     with torch.no_grad():
         embeds, mask = pipe.encode_prompt(prompt=[cfg.prompt], device=torch.device("cpu"))
-    dit_phase = train_transformer(comps["transformer"], train, val, embeds, mask, cfg, work, reporter)
+    transparent = None
+    if cfg.dit_content_weight != 1:
+        transparent = transparent_latent(comps["vae"], torch.tensor(mean), torch.tensor(std), cfg.resolution)
+    dit_phase = train_transformer(comps["transformer"], train, val, embeds, mask, cfg, work, reporter, transparent)
 
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)

@@ -23,6 +23,18 @@ def _ci(gap: dict[str, Any]) -> str:
     return f"{gap['diff']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else f"{gap['diff']:+.4f}"
 
 
+def _content_weighting(cfg: dict[str, Any]) -> str:
+    """The card's sentence on `dit_content_weight`; empty for the plain mean (the default)."""
+    w = cfg.get("dit_content_weight", 1.0)
+    if w == 1:
+        return ""
+    return (
+        f" The squared error is weighted ×{w} on the element frames' latent pixels that hold content"
+        f" (mean squared distance from the transparent frame's latent > {cfg.get('dit_content_threshold', 0.5)}),"
+        " 1 elsewhere."
+    )
+
+
 def acceptance_verdict(m: dict[str, dict[str, float]], gaps: dict[str, Any] | None = None) -> str:
     """The issue's acceptance check in words: does the model beat both trivial stacks at k=0?
 
@@ -127,8 +139,8 @@ the mean |RGB error| where the ground truth is visible. Latent encoding of the t
 `loss_curve.png`. Objective as in the real model: the composite's latent (mode, normalised) is the
 condition frame appended after the noisy frames; the targets are frame 0 = the composite and frames
 1..L = the ground-truth layers back to front, L varying per design; σ = sigmoid(N({cfg.get("dit_logit_mean", 0.0)}, 1))
-mapped through the sampler's exponential time shift; the transformer predicts ε − x₀.
-The transformer's held-out "val loss" is the same loss at the fixed noise levels σ = 0.1, 0.3, 0.5,
+mapped through the sampler's exponential time shift; the transformer predicts ε − x₀.{_content_weighting(cfg)}
+The transformer's held-out "val loss" is the unweighted loss at the fixed noise levels σ = 0.1, 0.3, 0.5,
 0.7, 0.9 on 48 held-out designs: comparable over one run, not across logit means (a shifted
 distribution trains the low-noise end less and scores worse there while decomposing better).
 

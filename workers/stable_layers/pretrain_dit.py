@@ -126,9 +126,11 @@ def flow_matching_loss(
     noise: torch.Tensor,
     prompt_embeds: torch.Tensor,
     prompt_mask: torch.Tensor | None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared velocity error of one batch. `x0` (B, L+1, C, h, w) normalised latents with
-    frame 0 the composite; `noise` like `x0`; `sigmas` (B,) in (0, 1)."""
+    frame 0 the composite; `noise` like `x0`; `sigmas` (B,) in (0, 1); `weights` (B, L+1, 1, h, w)
+    per latent pixel (`content_weights`) or None for the plain mean."""
     b, f, _, h, w = x0.shape
     s = sigmas.view(b, 1, 1, 1, 1)
     xt = pack((1 - s) * x0 + s * noise)
@@ -145,7 +147,36 @@ def flow_matching_loss(
         additional_t_cond=torch.zeros(b, dtype=torch.long),
         return_dict=False,
     )[0][:, : xt.shape[1]]
-    return (out.float() - target.float()).pow(2).mean()
+    err = (out.float() - target.float()).pow(2)
+    if weights is None:
+        return err.mean()
+    w = pack(weights.expand_as(x0).float())
+    return (err * w).sum() / w.sum()
+
+
+@torch.no_grad()
+def transparent_latent(
+    vae: AutoencoderKLQwenImage, mean: torch.Tensor, std: torch.Tensor, resolution: int
+) -> torch.Tensor:
+    """The normalised mode latent (C, h, w) of a fully transparent frame (RGBA all −1): what an
+    element frame holds wherever its element is absent."""
+    frame = -torch.ones(1, 4, 1, resolution, resolution, dtype=vae.dtype)
+    z = vae.encode(frame).latent_dist.mode().squeeze(2)[0].float()
+    return (z - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+
+
+def content_weights(x0: torch.Tensor, transparent: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
+    """Loss weights (B, F, 1, h, w) for `flow_matching_loss`: `weight` on the latent pixels of the
+    element frames (2..L) whose mean squared distance over channels from `transparent` exceeds
+    `threshold` (normalised units), 1 everywhere else.
+
+    Why: an element covers a small part of its frame, so under the plain mean the transparent
+    remainder — easy to predict — dominates the element frames' loss, and the model learned to put
+    colour blobs roughly in the right area. The composite and background frames are content
+    everywhere, so they keep weight 1 and the balance between frames is unchanged."""
+    content = (x0.float() - transparent).pow(2).mean(dim=2, keepdim=True) > threshold
+    content[:, :2] = False
+    return 1.0 + (weight - 1.0) * content.float()
 
 
 def step_batch(

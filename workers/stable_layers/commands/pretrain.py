@@ -45,8 +45,9 @@ def pretrain_tiny(
     import torch
     from rich.console import Console
 
-    from stable_layers.pretrain import PretrainConfig, PretrainError
+    from stable_layers.pretrain import PretrainError
     from stable_layers.pretrain import pretrain_tiny as run
+    from stable_layers.pretrain_config import PretrainConfig
     from stable_layers.pretrain_report import RichReporter
 
     console = Console()
