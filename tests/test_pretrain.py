@@ -137,3 +137,20 @@ def test_config_validation_and_schedule() -> None:
     lrs = [lr_at(i, 100, 1.0, 0.1) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3) and lrs[50] > lrs[90]
+
+
+def test_content_weighting_reaches_the_transformer_and_nothing_else(tmp_path: Path, trained: tuple[Path, dict]) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "weighted"
+    pretrain_tiny(out, PretrainConfig(**{**MICRO.__dict__, "dit_content_weight": 10.0}))
+    plain_dir = trained[0]
+
+    def tensors(d: Path, part: str) -> dict[str, torch.Tensor]:
+        return load_file(next((d / part).glob("*.safetensors")))
+
+    vae, plain_vae = tensors(out, "vae"), tensors(plain_dir, "vae")
+    assert vae.keys() == plain_vae.keys() and all(torch.equal(vae[k], plain_vae[k]) for k in vae)
+    plain, weighted = tensors(plain_dir, "transformer"), tensors(out, "transformer")
+    assert any(not torch.equal(weighted[k], plain[k]) for k in plain)
+    assert json.loads((out / "training.json").read_text())["config"]["dit_content_weight"] == 10.0
