@@ -23,7 +23,7 @@ def main() -> None:
     from stable_layers.data.synthetic import make_design, split_seeds
     from stable_layers.eval.runner import score_design
     from stable_layers.layers import as_rgba_array, resize_layer
-    from stable_layers.pretrain_card import _load, trivial_copy, vae_oracle
+    from stable_layers.pretrain_card import load_base, trivial_copy, vae_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--designs", type=int, default=64)
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--pipeline", default=str(Path(__file__).parents[1] / "workers/stable_layers/assets/tiny"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    policy, spec = _load(Path(args.pipeline))
+    policy, spec = load_base(Path(args.pipeline))
     res = 64  # the tiny preset's working size
     rows: dict[tuple[str, str], list[float]] = defaultdict(list)
     for seed in split_seeds("heldout", args.designs):

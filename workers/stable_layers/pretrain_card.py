@@ -67,7 +67,8 @@ def vae_oracle(policy: Any, gt: list[np.ndarray], resolution: int) -> list[np.nd
     return [resize_layer(a, size) for a in arr]
 
 
-def _load(pipeline_dir: Path) -> tuple[Any, Any]:
+def load_base(pipeline_dir: Path) -> tuple[Any, Any]:
+    """(policy without LoRA, float32 on CPU; the RunSpec that loaded it, for its eval settings)."""
     from stable_layers.model import load_policy
     from stable_layers.spec import RunSpec
 
@@ -81,7 +82,7 @@ def evaluate_heldout(pipeline_dir: str | Path, settings: CardSettings = CardSett
     from stable_layers.eval.stats import paired_bootstrap
     from stable_layers.sampler import decompose
 
-    policy, spec = _load(Path(pipeline_dir))
+    policy, spec = load_base(Path(pipeline_dir))
     th, max_edits = spec.eval.thresholds, spec.eval.max_edits
     per: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     gallery = []

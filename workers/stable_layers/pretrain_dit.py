@@ -173,7 +173,8 @@ def content_weights(x0: torch.Tensor, transparent: torch.Tensor, weight: float, 
     Why: an element covers a small part of its frame, so under the plain mean the transparent
     remainder — easy to predict — dominates the element frames' loss, and the model learned to put
     colour blobs roughly in the right area. The composite and background frames are content
-    everywhere, so they keep weight 1 and the balance between frames is unchanged."""
+    everywhere and keep weight 1; since `flow_matching_loss` divides by the total weight, their
+    share of the loss shrinks (the measured cost: blotchier backgrounds, docs/tiny-model.md)."""
     content = (x0.float() - transparent).pow(2).mean(dim=2, keepdim=True) > threshold
     content[:, :2] = False
     return 1.0 + (weight - 1.0) * content.float()
