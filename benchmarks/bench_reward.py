@@ -50,7 +50,7 @@ def overlap_iteration(base_url: str) -> dict[str, float]:
     import tempfile
 
     from stable_layers.spec import load_run_spec
-    from stable_layers.train import train
+    from stable_layers.trainer.loop import train
 
     out = {}
     for label, kind, overlap in (

@@ -1,6 +1,6 @@
 """Training step cost on the tiny model: seconds per sample, peak RSS, and side-by-side ratios.
 
-Runs the real loop (`stable_layers.train.train`) on the tiny-random pipeline at 64 px, L=2,
+Runs the real loop (`stable_layers.trainer.loop.train`) on the tiny-random pipeline at 64 px, L=2,
 G=4, 2 images per iteration, 2 optimizer steps per iteration, and compares in one process:
 
   * replay micro-batch 1 vs 4 (= the rollout batch; method.md §1.3H recommends equal sizes)
@@ -28,7 +28,7 @@ import torch
 from stable_layers.reward.base import Group, GroupScore
 from stable_layers.reward.pixel import PixelScorer
 from stable_layers.spec import parse_run_spec
-from stable_layers.train import train
+from stable_layers.trainer.loop import train
 
 BASE: dict[str, Any] = {
     "model": {"preset": "tiny-random", "device": "cpu", "gradientCheckpointing": False},

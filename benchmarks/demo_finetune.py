@@ -28,17 +28,21 @@ def main() -> None:
     import torch
 
     from stable_layers import storage
-    from stable_layers.commands.train import DEMO_RUN, print_changes
+    from stable_layers.commands.train import print_changes
     from stable_layers.data import synthetic
     from stable_layers.eval.runner import run_evaluation
-    from stable_layers.spec import load_run_spec, parse_run_spec
+    from stable_layers.spec import example_run_path, load_run_spec
 
     torch.set_num_threads(1)
     step = storage.latest_committed(storage.open_store(str(args.run_dir)))
     if step is None:
         raise SystemExit(f"{args.run_dir}: no committed checkpoint")
     ckpt = args.run_dir / storage.checkpoint_key(step)
-    spec = load_run_spec(ckpt / "run.yaml") if (ckpt / "run.yaml").is_file() else parse_run_spec(DEMO_RUN)
+    spec = (
+        load_run_spec(ckpt / "run.yaml")
+        if (ckpt / "run.yaml").is_file()
+        else load_run_spec(example_run_path("demo-run"))
+    )
     spec.eval.heldout_designs = args.designs
     # `--data synthetic:heldout` always starts at the first held-out seed; shift the range instead of
     # adding an evaluation option that only this check needs.

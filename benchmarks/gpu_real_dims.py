@@ -94,10 +94,10 @@ def main() -> int:
 
     from peft import LoraConfig
 
-    from stable_layers import sampler as S
-    from stable_layers.model import Policy
+    from stable_layers.policy import sampler as S
+    from stable_layers.policy.model import Policy
+    from stable_layers.policy.tiny import tiny_pipeline
     from stable_layers.spec import QWEN_LORA_TARGETS, SamplerSpec
-    from stable_layers.tiny import tiny_pipeline
 
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test)"
     print(f"device: {card}; torch {torch.__version__}")

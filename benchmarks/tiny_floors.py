@@ -2,7 +2,7 @@
 
 Per layer count L, on held-out designs at 256 px: the "composite copied into every layer"
 baseline, the VAE oracle (the ground-truth layers through the working size and the VAE round trip,
-`pretrain_card.vae_oracle`) and the ground-truth layers only resized to the working size and back
+`pretrain.card.vae_oracle`) and the ground-truth layers only resized to the working size and back
 (no VAE). The oracle is what a perfect transformer would score; the resize row separates the
 working size's share of that floor from the VAE's.
 
@@ -23,7 +23,7 @@ def main() -> None:
     from stable_layers.data.synthetic import make_design, split_seeds
     from stable_layers.eval.runner import score_design
     from stable_layers.layers import as_rgba_array, resize_layer
-    from stable_layers.pretrain_card import load_base, trivial_copy, vae_oracle
+    from stable_layers.pretrain.card import load_base, trivial_copy, vae_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--designs", type=int, default=64)

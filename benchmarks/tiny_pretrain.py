@@ -17,10 +17,10 @@ import torch
 def main(repeats: int = 7) -> None:
     from diffusers import QwenImageLayeredPipeline
 
-    from stable_layers import tiny
-    from stable_layers.pretrain import build_components
-    from stable_layers.pretrain_config import PretrainConfig
-    from stable_layers.pretrain_dit import flow_matching_loss
+    from stable_layers.policy import tiny
+    from stable_layers.pretrain.config import PretrainConfig
+    from stable_layers.pretrain.dit import flow_matching_loss
+    from stable_layers.pretrain.run import build_components
 
     torch.set_num_threads(1)
     cfg = PretrainConfig()

@@ -25,7 +25,7 @@ from prom_server import (
     start_prometheus,
 )
 
-from stable_layers.metrics import PrometheusCallback
+from stable_layers.observability.prometheus import PrometheusCallback
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_TEST = ROOT / "observability" / "alerts.test.yaml"

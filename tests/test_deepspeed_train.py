@@ -40,8 +40,8 @@ def _lora(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _two_ranks_vs_one(tmp_path: Path, spec: dict, atol: float = 1e-6) -> None:
-    from stable_layers.distributed import free_port
-    from stable_layers.train import train
+    from stable_layers.trainer.distributed import free_port
+    from stable_layers.trainer.loop import train
 
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -96,7 +96,7 @@ def test_group_split_over_two_torch_ranks_equals_one_process(tmp_path):
 
 
 def test_generated_deepspeed_config_is_valid():
-    from stable_layers.distributed import check_deepspeed_config, deepspeed_config
+    from stable_layers.trainer.distributed import check_deepspeed_config, deepspeed_config
 
     spec = parse_run_spec(SPEC)
     cfg = deepspeed_config(spec, world_size=2)
@@ -112,7 +112,7 @@ def test_generated_deepspeed_config_is_valid():
 
 
 def test_layout_must_split_evenly():
-    from stable_layers.collect import check_layout, rank_slots
+    from stable_layers.trainer.collect import check_layout, rank_slots
 
     spec = parse_run_spec(SPEC)
     with pytest.raises(SpecError, match="imagesPerIteration"):

@@ -1,4 +1,4 @@
-"""The one-machine demo (issue 8): its embedded spec, the headline changes the report states with
+"""The one-machine demo (issue 8): its shipped spec, the headline changes the report states with
 their verdicts, intervals only over designs where a statistic is defined, and `stable-layers demo`
 end to end (the random tiny model when the trained one is missing, said so)."""
 
@@ -13,32 +13,28 @@ import pytest
 from typer.testing import CliRunner
 
 from stable_layers.cli import app
-from stable_layers.commands.train import DEMO_RUN, LOCAL_RUN
 from stable_layers.data import synthetic
 from stable_layers.eval.report import render_html
 from stable_layers.eval.runner import run_evaluation
 from stable_layers.eval.summary import headline_changes, verdict
-from stable_layers.spec import RunSpec, load_run_spec, parse_run_spec
+from stable_layers.spec import RunSpec, example_run_path, load_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_demo_example_is_the_embedded_demo_spec():
-    assert load_run_spec(ROOT / "examples" / "demo-run.yaml") == parse_run_spec(DEMO_RUN)
-
-
 def test_demo_spec_is_the_issue_8_setting():
     """Pixel reward on synthetic designs at the model's working size, the trained tiny model,
     held-out evaluation at each design's own layer count with enough designs for intervals."""
-    spec = parse_run_spec(DEMO_RUN)
+    spec = load_run_spec(example_run_path("demo-run"))
     assert spec.model.preset == "tiny" and spec.reward.kind == "pixel"
     assert spec.data.kind == "synthetic" and spec.data.size == spec.sampler.resolution == 64
     assert spec.eval.layers == "gt" and spec.eval.heldout_designs >= 48 and spec.eval.bootstrap >= 1000
     assert spec.grpo.max_steps % spec.grpo.optimizer_steps_per_iteration == 0  # ends on an iteration
     assert spec.checkpoint.every_steps <= spec.grpo.max_steps
     # the quick example stays quick (the CLI tests run it)
-    assert LOCAL_RUN["grpo"]["maxSteps"] <= 3 and LOCAL_RUN["model"]["preset"] == "tiny-random"
+    local = load_run_spec(example_run_path("local-run"))
+    assert local.grpo.max_steps <= 3 and local.model.preset == "tiny-random"
 
 
 @pytest.mark.parametrize(
@@ -136,9 +132,9 @@ def test_changes_skip_statistics_the_comparison_lacks():
 def test_demo_runs_and_prints_the_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The embedded demo through the CLI, 1 step and 3 designs; with no trained tiny model installed
     it says so and runs on tiny-random (plumbing, not a result)."""
-    import stable_layers.model
+    import stable_layers.policy.model
 
-    monkeypatch.setattr(stable_layers.model, "TINY_ASSETS", tmp_path / "no-tiny")
+    monkeypatch.setattr(stable_layers.policy.model, "TINY_ASSETS", tmp_path / "no-tiny")
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "run"), "--steps", "1", "--eval-limit", "3"])
     text = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert result.exit_code == 0, text

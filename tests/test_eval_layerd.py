@@ -9,10 +9,10 @@ from stable_layers.eval.layerd import (
     aggregate_levels,
     dtw_path,
     evaluate_pair,
-    occlusion_groups,
     over,
     pair_metrics,
 )
+from stable_layers.layers import occlusion_groups
 
 RED, BLUE, BLACK = (255, 0, 0), (0, 0, 255), (0, 0, 0)
 

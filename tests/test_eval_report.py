@@ -200,8 +200,9 @@ def test_cli_with_tiny_model_and_a_lora_checkpoint(tmp_path: Path):
     import yaml
     from typer.testing import CliRunner
 
-    from stable_layers import model, storage
+    from stable_layers import storage
     from stable_layers.cli import app
+    from stable_layers.policy import model
 
     run = {
         "name": "tiny-eval",

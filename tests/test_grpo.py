@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from stable_layers.grpo import RatioConfig, compute_advantages, summarize, surrogate
 from stable_layers.spec import GRPOSpec
+from stable_layers.trainer.grpo import RatioConfig, compute_advantages, summarize, surrogate
 
 
 def test_group_advantages_by_hand():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stable_layers.grpo import RatioConfig, surrogate
 from stable_layers.spec import parse_run_spec
+from stable_layers.trainer.grpo import RatioConfig, surrogate
 
 SPEC = {
     "model": {"preset": "tiny-random", "device": "cpu", "gradientCheckpointing": False},
@@ -20,8 +20,8 @@ SPEC = {
 def rollout_and_policy():
     import numpy as np
 
-    from stable_layers.model import load_policy
-    from stable_layers.sampler import sample_group
+    from stable_layers.policy.model import load_policy
+    from stable_layers.policy.sampler import sample_group
 
     spec = parse_run_spec(SPEC)
     policy = load_policy(spec)
@@ -42,7 +42,7 @@ def _grads(loss, params):
 
 @pytest.mark.parametrize("k", [0, 1])
 def test_ratio_is_one_and_gradient_is_reinforce(rollout_and_policy, k):
-    from stable_layers.sampler import replay_log_prob
+    from stable_layers.policy.sampler import replay_log_prob
 
     policy, rollout = rollout_and_policy
     logp, _, _ = replay_log_prob(policy, rollout, [0, 1, 2], k)  # the rollout's own batch (method.md §1.3H)
@@ -56,7 +56,7 @@ def test_ratio_is_one_and_gradient_is_reinforce(rollout_and_policy, k):
 
 @pytest.mark.parametrize("variant", ["per_sample", "dimension_aware"])
 def test_ratio_norm_on_policy_is_scaled_reinforce(rollout_and_policy, variant):
-    from stable_layers.sampler import replay_log_prob
+    from stable_layers.policy.sampler import replay_log_prob
 
     policy, rollout = rollout_and_policy
     k = 0

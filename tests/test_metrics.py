@@ -10,7 +10,7 @@ import pytest
 from metrics_data import EXPORTED, make_group, make_score, step_record
 from prometheus_client.parser import text_string_to_metric_families
 
-from stable_layers.metrics import PrometheusCallback, group_summary, judge_outcomes
+from stable_layers.observability.prometheus import PrometheusCallback, group_summary, judge_outcomes
 from stable_layers.reward.base import CandidateScore, GroupScore
 from stable_layers.spec import CRITERIA
 
@@ -154,7 +154,7 @@ def test_promtool_check_metrics_accepts_the_exposition() -> None:
 
 
 def test_exporter_from_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stable_layers.metrics import exporter_from_spec
+    from stable_layers.observability.prometheus import exporter_from_spec
     from stable_layers.spec import parse_run_spec
 
     spec = parse_run_spec({"name": "r1", "metrics": {"groupStdBuckets": [0.01, 0.1]}})

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stable_layers import model
-from stable_layers import sampler as S
+from stable_layers.policy import model
+from stable_layers.policy import sampler as S
 from stable_layers.spec import RunSpec
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stable_layers import tiny
+from stable_layers.policy import tiny
 
 
 def _velocity(pipe: object, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pytest
 from s3_server import moto_endpoint, reset_moto  # noqa: F401
 
 from stable_layers import storage
-from stable_layers.storage_s3 import S3Store
+from stable_layers.storage.s3 import S3Store
 from stable_layers_operator.testing import EmulatedCluster, wait_for
 
 BUCKET = "operator-runs"

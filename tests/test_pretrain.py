@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stable_layers.pretrain import PretrainError, lr_at, pretrain_tiny
-from stable_layers.pretrain_config import PretrainConfig
+from stable_layers.pretrain.config import PretrainConfig
+from stable_layers.pretrain.run import PretrainError, lr_at, pretrain_tiny
 
 MICRO = PretrainConfig(
     resolution=32,

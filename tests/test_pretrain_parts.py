@@ -9,7 +9,7 @@ import torch
 
 from stable_layers.data.synthetic import make_design
 from stable_layers.layers import canonical_order, composite_rgba
-from stable_layers.pretrain_vae import apply_latent_path_gain, canonical_tensor_order, layer_reconstruction_loss
+from stable_layers.pretrain.vae import apply_latent_path_gain, canonical_tensor_order, layer_reconstruction_loss
 
 
 def _box(size: int, y0: int, y1: int, x0: int, x1: int, rgb: tuple[int, int, int], alpha: int = 255) -> np.ndarray:
@@ -89,7 +89,7 @@ def test_reconstruction_loss_ignores_overshoot_beyond_a_bound() -> None:
 
 
 def test_latent_path_gain_scales_the_latent_convolutions_and_zeroes_biases() -> None:
-    from stable_layers.tiny import build_vae
+    from stable_layers.policy.tiny import build_vae
 
     vae = build_vae(base_dim=8, seed=0)
     before = vae.quant_conv.weight.detach().clone()
@@ -99,7 +99,7 @@ def test_latent_path_gain_scales_the_latent_convolutions_and_zeroes_biases() -> 
 
 
 def test_logit_mean_moves_training_noise_levels_up_without_changing_the_default() -> None:
-    from stable_layers.pretrain_dit import sample_sigmas, shifted_sigmas
+    from stable_layers.pretrain.dit import sample_sigmas, shifted_sigmas
 
     def draw(mean: float) -> torch.Tensor:
         return sample_sigmas(4000, 16, torch.Generator().manual_seed(3), mean)
@@ -114,7 +114,7 @@ def test_logit_mean_moves_training_noise_levels_up_without_changing_the_default(
 
 
 def test_content_weights_emphasise_element_pixels_only() -> None:
-    from stable_layers.pretrain_dit import content_weights
+    from stable_layers.pretrain.dit import content_weights
 
     transparent = torch.zeros(4, 2, 2)
     x0 = torch.zeros(1, 4, 4, 2, 2)  # composite, background, two element frames
@@ -130,9 +130,9 @@ def test_content_weights_emphasise_element_pixels_only() -> None:
 
 
 def test_weighted_flow_loss_is_the_weighted_mean_of_squared_velocity_errors() -> None:
-    from stable_layers.pretrain import build_components
-    from stable_layers.pretrain_config import PretrainConfig
-    from stable_layers.pretrain_dit import flow_matching_loss, pack
+    from stable_layers.pretrain.config import PretrainConfig
+    from stable_layers.pretrain.dit import flow_matching_loss, pack
+    from stable_layers.pretrain.run import build_components
 
     torch.manual_seed(0)
     cfg = PretrainConfig(dit_layers=1, dit_heads=1, axes_dims_rope=(8, 12, 12))

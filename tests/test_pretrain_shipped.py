@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_reference import OUT, reference_output
 
-from stable_layers.model import TINY_ASSETS
+from stable_layers.policy.model import TINY_ASSETS
 
 
 def test_shipped_directory_is_complete() -> None:
@@ -37,7 +37,7 @@ def test_from_pretrained_reproduces_the_reference_output() -> None:
 
 @pytest.fixture(scope="module")
 def heldout() -> dict:
-    from stable_layers.pretrain_card import CardSettings, evaluate_heldout
+    from stable_layers.pretrain.card import CardSettings, evaluate_heldout
 
     return evaluate_heldout(TINY_ASSETS, CardSettings(designs=6, size=128, steps=10, bootstrap=0))["methods"]
 

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny_vlm():
-    from stable_layers.tiny import build_processor, build_text_encoder, build_tokenizer
+    from stable_layers.policy.tiny import build_processor, build_text_encoder, build_tokenizer
 
     tok = build_tokenizer()
     return build_text_encoder(tok, seed=0), build_processor(tok)

@@ -43,7 +43,7 @@ class StickyFailures:
 
 @pytest.mark.slow
 def test_training_iteration_survives_judge_failures(tmp_path):
-    from stable_layers.train import train
+    from stable_layers.trainer.loop import train
 
     spec = load_run_spec(ROOT / "examples" / "local-run.yaml")
     spec.grpo.max_steps = 1

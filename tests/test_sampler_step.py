@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stable_layers.sampler import sde_step_with_logprob
+from stable_layers.policy.sampler import sde_step_with_logprob
 
 
 def _inputs(batch: int = 3, shape: tuple[int, ...] = (40, 64), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ def test_samples_have_the_stated_mean_and_std(sde_type: str) -> None:
 
 
 def test_noise_level_zero_is_the_schedulers_euler_step() -> None:
-    from stable_layers.tiny import build_scheduler
+    from stable_layers.policy.tiny import build_scheduler
 
     sched = build_scheduler()
     sched.set_timesteps(sigmas=np.linspace(1.0, 0, 5)[:-1], mu=1.2)

@@ -11,7 +11,7 @@ from metrics_data import make_group, make_score
 from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
 
 from stable_layers.layers import as_rgba_array
-from stable_layers.rollouts import RolloutRecorder, group_dir, sampled
+from stable_layers.observability.rollouts import RolloutRecorder, group_dir, sampled
 from stable_layers.storage import open_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,7 +86,7 @@ def test_write_failure_never_raises_into_training(tmp_path: Path) -> None:
 
 
 def test_recorder_from_spec(tmp_path: Path) -> None:
-    from stable_layers.rollouts import recorder_from_spec
+    from stable_layers.observability.rollouts import recorder_from_spec
     from stable_layers.spec import parse_run_spec
 
     store = open_store(tmp_path)

@@ -11,8 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stable_layers.cli import app
-from stable_layers.commands.train import LOCAL_RUN
-from stable_layers.spec import load_run_spec, parse_run_spec
+from stable_layers.spec import SpecError, example_run_path, load_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "local-run.yaml"
@@ -30,10 +29,17 @@ def _spec_file(tmp_path: Path, body: dict | str) -> Path:
     return path
 
 
-def test_example_is_the_embedded_local_run_spec():
-    """examples/local-run.yaml is LOCAL_RUN, the quick example; the demo has its own (DEMO_RUN,
-    tests/test_demo_finetune.py)."""
-    assert load_run_spec(EXAMPLE) == parse_run_spec(LOCAL_RUN)
+def test_examples_are_the_shipped_run_specs():
+    """examples/*.yaml are links to the package's own copies: one file each, nothing to keep equal."""
+    for name in ("local-run", "demo-run"):
+        example = ROOT / "examples" / f"{name}.yaml"
+        assert example.is_symlink() and example.resolve() == example_run_path(name).resolve()
+        assert load_run_spec(example) == load_run_spec(example_run_path(name))
+
+
+def test_unknown_shipped_spec_names_the_choices():
+    with pytest.raises(SpecError, match=r"nope: no such shipped run spec; choose one of \['demo-run', 'local-run'\]"):
+        example_run_path("nope")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,7 @@ def test_example_run_writes_metrics_and_committed_checkpoints(example_run):
 
 def test_example_lora_loads_into_diffusers_pipeline(example_run):
     """The checkpoint's LoRA is plain diffusers format: `pipe.load_lora_weights` takes it, alpha kept."""
-    from stable_layers.tiny import tiny_pipeline
+    from stable_layers.policy.tiny import tiny_pipeline
 
     out, _ = example_run
     pipe = tiny_pipeline(seed=0)
@@ -104,7 +110,7 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_missing_data_is_reported(tmp_path):
-    spec = {**LOCAL_RUN, "data": {"kind": "folder", "path": str(tmp_path / "no-images")}}
+    spec = {**yaml.safe_load(EXAMPLE.read_text()), "data": {"kind": "folder", "path": str(tmp_path / "no-images")}}
     result, text = _invoke("train", str(_spec_file(tmp_path, spec)), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "data.path" in text and "no-images" in text and "Traceback" not in text

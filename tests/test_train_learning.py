@@ -43,7 +43,7 @@ def _sensitive_decoder(policy) -> None:
 
 @pytest.mark.slow
 def test_reward_rises_beyond_noise(tmp_path):
-    from stable_layers.train import train
+    from stable_layers.trainer.loop import train
 
     spec = parse_run_spec(
         {

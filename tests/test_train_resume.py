@@ -54,7 +54,7 @@ def _lora(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from stable_layers.train import train
+    from stable_layers.trainer.loop import train
 
     spec = parse_run_spec(SPEC)
     full = tmp_path_factory.mktemp("full")
@@ -112,7 +112,7 @@ def test_checkpoints_progress_and_retention(runs):
 
 
 def test_fresh_start_refuses_existing_run(runs, tmp_path):
-    from stable_layers.train import TrainError, train
+    from stable_layers.trainer.loop import TrainError, train
 
     full, _ = runs
     with pytest.raises(TrainError, match="--resume"):

@@ -20,9 +20,9 @@ SIZE = 64
 def reference_output() -> dict[str, np.ndarray]:
     import torch
 
-    from stable_layers import sampler
     from stable_layers.data.synthetic import make_design, split_seeds
-    from stable_layers.model import load_policy
+    from stable_layers.policy import sampler
+    from stable_layers.policy.model import load_policy
     from stable_layers.spec import RunSpec
 
     spec = RunSpec.model_validate({"model": {"preset": "tiny", "device": "cpu"}})

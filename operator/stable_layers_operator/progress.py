@@ -48,7 +48,7 @@ def _s3_client(endpoint: str | None, region: str, key_id: str | None, secret: st
 def open_run_store(spec: StableLayersRunSpec, namespace: str, cluster: Cluster) -> Store:
     """The run's S3 store, authenticated with the keys of `spec.storage.secretRef` (or boto3's
     default chain, e.g. the operator's IRSA role, when there is no secretRef)."""
-    from stable_layers.storage_s3 import S3Store
+    from stable_layers.storage import S3Store
 
     key_id = secret = None
     ref = spec.storage.secret_ref

@@ -81,6 +81,22 @@ def alpha_overlaps(alphas: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return (masks @ masks.T) > 0.5, masks.sum(axis=1)
 
 
+def occlusion_groups(alphas: Sequence[np.ndarray]) -> list[list[int]]:
+    """Occlusion groups of a stack (LayerD, docs/eval.md A.3), back to front, each a list of layer indices in order.
+
+    Repeatedly take every remaining layer that no later remaining layer overlaps (hard masks α > 0),
+    top first; non-overlapping siblings and blank layers end up in one group.
+    """
+    overlaps, _ = alpha_overlaps(alphas)
+    remaining = list(range(len(alphas)))
+    groups: list[list[int]] = []
+    while remaining:
+        group = [i for pos, i in enumerate(remaining) if not any(overlaps[i, j] for j in remaining[pos + 1 :])]
+        groups.append(group)
+        remaining = [i for i in remaining if i not in group]
+    return groups[::-1]
+
+
 def canonical_order(layers: Sequence[np.ndarray]) -> list[int]:
     """A reordering of a back-to-front RGBA stack that composites to the same image: layers that
     overlap (alpha > 0 on a common pixel) keep their relative order; among the layers free to go

@@ -53,8 +53,8 @@ def evaluate(
         )
         raise typer.Exit(2)
 
-    from stable_layers.data.crello import CrelloError
-    from stable_layers.eval.runner import EvalDataError, run_evaluation
+    from stable_layers.data import CrelloError
+    from stable_layers.eval import EvalDataError, run_evaluation
 
     try:
         report = run_evaluation(spec, data, out, checkpoint=checkpoint, limit=limit)

@@ -45,10 +45,8 @@ def pretrain_tiny(
     import torch
     from rich.console import Console
 
-    from stable_layers.pretrain import PretrainError
+    from stable_layers.pretrain import PretrainConfig, PretrainError, RichReporter
     from stable_layers.pretrain import pretrain_tiny as run
-    from stable_layers.pretrain_config import PretrainConfig
-    from stable_layers.pretrain_report import RichReporter
 
     console = Console()
     torch.set_num_threads(threads)
@@ -77,7 +75,7 @@ def pretrain_tiny(
 def _card(out: Path, card_designs: int) -> None:
     from rich.console import Console
 
-    from stable_layers.pretrain_card import CardSettings, write_card
+    from stable_layers.pretrain import CardSettings, write_card
 
     console = Console()
     summary = write_card(out, CardSettings(designs=card_designs))

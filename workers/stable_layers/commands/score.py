@@ -77,8 +77,7 @@ def score(
     from rich.console import Console
     from rich.table import Table
 
-    from stable_layers.reward import build_scorer
-    from stable_layers.reward.group_io import load_group, scores_document, write_json_atomic
+    from stable_layers.reward import build_scorer, load_group, scores_document, write_json_atomic
     from stable_layers.spec import SpecError
 
     try:
@@ -148,9 +147,8 @@ def judge_check(
     from rich.console import Console
     from rich.table import Table
 
-    from stable_layers.reward import build_scorer
-    from stable_layers.reward.group_io import write_json_atomic
-    from stable_layers.reward.judge_check import judge_check as run_check
+    from stable_layers.reward import build_scorer, write_json_atomic
+    from stable_layers.reward import judge_check as run_check
     from stable_layers.spec import SpecError
 
     try:

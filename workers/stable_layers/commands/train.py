@@ -16,57 +16,6 @@ from typing import Annotated, Any
 
 import typer
 
-LOCAL_RUN: dict[str, Any] = {
-    "name": "local-run",
-    "model": {"preset": "tiny-random", "device": "cpu", "gradientCheckpointing": False},
-    "lora": {"rank": 4, "alpha": 8},
-    "data": {"kind": "synthetic", "numImages": 8, "seed": 0},
-    "sampler": {
-        "trainSteps": 4,
-        "evalSteps": 10,
-        "sdeWindowSize": 2,
-        "sdeWindowRange": [0, 2],
-        "resolution": 64,
-        "layers": 2,
-        "noiseLevel": 1.0,
-    },
-    "grpo": {"groupSize": 4, "imagesPerIteration": 2, "maxSteps": 3, "lr": 0.001, "clipRange": 0.001},
-    "distributed": {"engine": "torch"},
-    "reward": {"kind": "pixel"},
-    "checkpoint": {"everySteps": 2, "keep": 2},
-}
-"""The quick example run (3 steps on the random tiny model): examples/local-run.yaml is the same
-spec (tests/test_train_cli.py keeps them equal)."""
-
-DEMO_RUN: dict[str, Any] = {
-    "name": "demo-run",
-    "model": {"preset": "tiny", "device": "cpu", "gradientCheckpointing": False},
-    "lora": {"rank": 8, "alpha": 16},
-    "data": {"kind": "synthetic", "size": 64, "seed": 0},
-    "sampler": {
-        "trainSteps": 8,
-        "evalSteps": 20,
-        "sdeWindowSize": 2,
-        "sdeWindowRange": [0, 4],
-        "resolution": 64,
-        "layers": 4,
-        "noiseLevel": 1.0,
-    },
-    "grpo": {"groupSize": 8, "imagesPerIteration": 4, "maxSteps": 120, "lr": 0.0003, "clipRange": 0.001},
-    "distributed": {"engine": "torch"},
-    "reward": {
-        "kind": "pixel",
-        # default pixel criteria and weights; see docs/tiny-model.md for why and the measured result
-        "penalties": {"blankLayer": 0.2},
-    },
-    "checkpoint": {"everySteps": 40, "keep": 3},
-    "eval": {"heldoutDesigns": 64, "heldoutSize": 64, "layers": "gt", "workers": 1},
-}
-"""The embedded run of `stable-layers demo`: a Flow-GRPO fine-tune of the `tiny` preset with the
-pixel reward, then its held-out evaluation. examples/demo-run.yaml is the same spec
-(tests/test_demo_finetune.py keeps them equal); why each value, and the measured result, are in
-docs/tiny-model.md "Fine-tuning demo"."""
-
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at emit time (test runners swap it per invocation)."""
@@ -98,12 +47,11 @@ def _error(msg: str) -> typer.Exit:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one message, exit code 2."""
-    from stable_layers.checkpoint import CheckpointError
-    from stable_layers.data.sources import DataSourceError
-    from stable_layers.model import PolicyLoadError
+    from stable_layers.data import DataSourceError
+    from stable_layers.policy import PolicyLoadError
     from stable_layers.spec import SpecError
     from stable_layers.storage import StorageError
-    from stable_layers.train import TrainError
+    from stable_layers.trainer import CheckpointError, TrainError
 
     return (SpecError, TrainError, DataSourceError, PolicyLoadError, CheckpointError, StorageError)
 
@@ -140,13 +88,12 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = F
     only: the loop calls callbacks there."""
     if int(os.environ.get("RANK", "0")) != 0:
         return []
-    from stable_layers.metrics import exporter_from_spec
-    from stable_layers.rollouts import recorder_from_spec
+    from stable_layers.observability import exporter_from_spec, recorder_from_spec
     from stable_layers.storage import open_store
 
     found = [exporter_from_spec(spec, port=metrics_port), recorder_from_spec(spec, open_store(out))]
     if evaluate:
-        from stable_layers.eval.periodic import PeriodicEvaluation
+        from stable_layers.eval import PeriodicEvaluation
 
         found.append(PeriodicEvaluation(spec, out))
     return [cb for cb in found if cb is not None]
@@ -195,14 +142,14 @@ def train(
         spec = load_run_spec(run_yaml)
     except SpecError as err:
         raise _error(str(err)) from None
-    from stable_layers.distributed import is_launched_worker
+    from stable_layers.trainer import is_launched_worker
 
     errors = _user_errors()
     nnodes, nproc = _world_wanted(nproc_per_node)
     if nnodes * nproc > 1 and not is_launched_worker():
         _launch(nnodes, nproc)
         return
-    from stable_layers.train import train as run_training
+    from stable_layers.trainer import train as run_training
 
     try:
         record = run_training(
@@ -282,27 +229,27 @@ def demo(
     ] = None,
     spec_file: Annotated[
         Path | None,
-        typer.Option("--spec", help="Run spec to use instead of the embedded one (e.g. examples/demo-run.yaml)."),
+        typer.Option("--spec", help="Run spec to use instead of the shipped demo-run.yaml."),
     ] = None,
 ) -> None:
-    """Fine-tune the tiny model with Flow-GRPO (embedded spec), then evaluate base vs fine-tuned on
+    """Fine-tune the tiny model with Flow-GRPO (the shipped demo-run.yaml), then evaluate base vs fine-tuned on
     held-out designs and print the changes with their bootstrap intervals."""
     import time
 
     import torch
 
     from stable_layers import storage
-    from stable_layers.model import TINY_ASSETS
-    from stable_layers.spec import SpecError, load_run_spec, parse_run_spec
-    from stable_layers.train import train as run_training
+    from stable_layers.policy import TINY_ASSETS, tiny_installed
+    from stable_layers.spec import SpecError, example_run_path, load_run_spec
+    from stable_layers.trainer import train as run_training
 
     _setup_logging()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        spec = load_run_spec(spec_file) if spec_file else parse_run_spec(DEMO_RUN, "embedded demo spec")
+        spec = load_run_spec(spec_file or example_run_path("demo-run"))
     except SpecError as err:
         raise _error(str(err)) from None
-    if spec.model.preset == "tiny" and not (TINY_ASSETS / "model_index.json").is_file():
+    if spec.model.preset == "tiny" and not tiny_installed():
         # Without the trained weights the demo still exercises every step, but a random model has
         # nothing to improve: say so rather than present its numbers as a result.
         typer.secho(
@@ -327,7 +274,7 @@ def demo(
         f"({train_s:.0f} s)"
     )
     ckpt = _join(out, storage.checkpoint_key(step)) if step is not None else None
-    from stable_layers.eval.runner import run_evaluation
+    from stable_layers.eval import run_evaluation
 
     report_uri = _join(out, f"{storage.EVAL}/{storage.step_name(step or 0)}")
     t1 = time.monotonic()

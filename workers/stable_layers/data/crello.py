@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stable_layers.eval.layerd import occlusion_groups
-from stable_layers.layers import as_rgba_array, composite, composite_rgba, to_uint8
+from stable_layers.layers import as_rgba_array, composite, composite_rgba, occlusion_groups, to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stable_layers.layers import alpha_overlaps
+from stable_layers.layers import occlusion_groups
 
 EPS = 1e-8
 """Added to the mask area of RGB L1, as in the reference (an empty GT layer scores ≈ 0)."""
@@ -118,22 +118,6 @@ def _compute(x: _Item, y: _Item) -> tuple[float, float]:
 
 def _cost(l1: float, iou: float) -> float:
     return (l1 + (1.0 - iou)) / 2.0
-
-
-def occlusion_groups(alphas: Sequence[np.ndarray]) -> list[list[int]]:
-    """Occlusion groups of a stack (A.3), back to front, each a list of layer indices in order.
-
-    Repeatedly take every remaining layer that no later remaining layer overlaps (hard masks α > 0),
-    top first; non-overlapping siblings and blank layers end up in one group.
-    """
-    overlaps, _ = alpha_overlaps(alphas)
-    remaining = list(range(len(alphas)))
-    groups: list[list[int]] = []
-    while remaining:
-        group = [i for pos, i in enumerate(remaining) if not any(overlaps[i, j] for j in remaining[pos + 1 :])]
-        groups.append(group)
-        remaining = [i for i in remaining if i not in group]
-    return groups[::-1]
 
 
 def _flatten(layers: Sequence[np.ndarray], groups: list[list[int]]) -> list[_Item]:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from stable_layers.eval.layerd import occlusion_groups, pair_metrics
-from stable_layers.layers import composite
+from stable_layers.eval.layerd import pair_metrics
+from stable_layers.layers import composite, occlusion_groups
 from stable_layers.spec import EvalThresholds
 
 

@@ -60,21 +60,21 @@ def load_designs(data: str, spec: RunSpec, limit: int | None) -> tuple[Iterator[
     if kind == "synthetic":
         if arg != "heldout":
             raise EvalDataError(f"--data {data}: only synthetic:heldout exists (held-out synthetic designs)")
-        from stable_layers.data import synthetic
+        from stable_layers.data import make_design, split_seeds
 
-        seeds = synthetic.split_seeds("heldout", limit or ev.heldout_designs)
+        seeds = split_seeds("heldout", limit or ev.heldout_designs)
         info.update({"kind": "synthetic", "size": ev.heldout_size, "seeds": [seeds[0], seeds[-1]]})
 
         def gen() -> Iterator[EvalDesign]:
             for s in seeds:
-                d = synthetic.make_design(s, ev.heldout_size)
+                d = make_design(s, ev.heldout_size)
                 yield EvalDesign(d.id, as_rgba_array(d.image), list(d.layers))
 
         return gen(), info
     if kind == "crello":
         if not arg:
             raise EvalDataError("--data crello:PATH needs a path (save_to_disk folder or Parquet shards) or 'hub'")
-        from stable_layers.data.crello import CrelloStats, iter_designs
+        from stable_layers.data import CrelloStats, iter_designs
 
         stats = CrelloStats()
         cr = ev.crello
@@ -132,7 +132,7 @@ def _executor(workers: int) -> Executor:
 
 
 def _lora_dir(local: Path) -> Path:
-    from stable_layers.model import LORA_WEIGHT_NAME
+    from stable_layers.policy import LORA_WEIGHT_NAME
 
     for candidate in (local / "lora", local):
         if (candidate / LORA_WEIGHT_NAME).is_file():
@@ -159,11 +159,11 @@ def resolve_checkpoint(checkpoint: str, scratch: Path) -> Path:
 
 def model_decomposers(spec: RunSpec, lora_dir: Path | None) -> dict[str, Decomposer]:
     """Base (adapter off) and, with a LoRA, fine-tuned decomposers sharing one loaded pipeline."""
-    from stable_layers import model, sampler
+    from stable_layers.policy import decompose, load_lora, load_policy, reference_policy
 
-    policy = model.load_policy(spec, with_lora=False)
+    policy = load_policy(spec, with_lora=False)
     if lora_dir is not None:
-        model.load_lora(policy, lora_dir)
+        load_lora(policy, lora_dir)
     s = spec.sampler
 
     def run(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
@@ -174,10 +174,10 @@ def model_decomposers(spec: RunSpec, lora_dir: Path | None) -> dict[str, Decompo
             "resolution": s.resolution,
             "cfg_scale": s.cfg_scale,
         }
-        return sampler.decompose(policy, [image], **kw)[0]
+        return decompose(policy, [image], **kw)[0]
 
     def base(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
-        with model.reference_policy(policy):
+        with reference_policy(policy):
             return run(image, n_layers, seed)
 
     def tuned(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:

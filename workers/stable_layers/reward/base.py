@@ -74,3 +74,31 @@ class RewardScorer(Protocol):
     async def aclose(self) -> None:
         """Release connections/models."""
         ...
+
+
+@dataclass
+class PixelMeasures:
+    """Deterministic measures of one candidate; `criteria` are the five scores in [0, 1]."""
+
+    criteria: dict[str, float]
+    recomposition_error: float
+    blank_layers: list[int] = field(default_factory=list)
+    hidden_layers: list[int] = field(default_factory=list)
+    duplicate_layers: list[int] = field(default_factory=list)
+
+    @property
+    def any_blank(self) -> bool:
+        return bool(self.blank_layers)
+
+    @property
+    def any_duplicate(self) -> bool:
+        return bool(self.duplicate_layers)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "criteria": dict(self.criteria),
+            "recomposition_error": self.recomposition_error,
+            "blank_layers": list(self.blank_layers),
+            "hidden_layers": list(self.hidden_layers),
+            "duplicate_layers": list(self.duplicate_layers),
+        }

@@ -17,8 +17,7 @@ import numpy as np
 from stable_layers.spec import CRITERIA, PenaltySpec
 
 if TYPE_CHECKING:
-    from stable_layers.reward.base import CandidateScore
-    from stable_layers.reward.pixel import PixelMeasures
+    from stable_layers.reward.base import CandidateScore, PixelMeasures
 
 
 def weighted_mean(criteria: Mapping[str, float], weights: Mapping[str, float]) -> float:

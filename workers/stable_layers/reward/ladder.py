@@ -112,7 +112,7 @@ DEFECT_FUNCS: dict[str, Callable[[Stack, np.ndarray, np.random.Generator], Stack
 
 def make_ladder(seed: int, size: int = 128) -> tuple[str, np.ndarray, list[Stack]]:
     """(design id, input image, the 7 candidates in ladder order: best first)."""
-    from stable_layers.data.synthetic import make_design
+    from stable_layers.data import make_design
 
     design = make_design(seed, size, min_elements=N_ELEMENTS, max_elements=N_ELEMENTS)
     image = design.image

@@ -38,12 +38,11 @@ matter for real images.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from stable_layers.layers import as_rgba_array, composite, resize_layer, stack_float
-from stable_layers.reward.base import CandidateScore, Group, GroupScore
+from stable_layers.reward.base import CandidateScore, Group, GroupScore, PixelMeasures
 from stable_layers.reward.combine import apply_penalties, group_stats, weighted_mean
 from stable_layers.spec import CRITERIA, PixelRewardSpec, RewardSpec
 
@@ -53,34 +52,6 @@ SOFT_LOCAL_STD = 0.02
 PRESENT = 0.25
 MATCH_TOL = 0.06
 DUPLICATE_COVERAGE = 0.9
-
-
-@dataclass
-class PixelMeasures:
-    """Deterministic measures of one candidate; `criteria` are the five scores in [0, 1]."""
-
-    criteria: dict[str, float]
-    recomposition_error: float
-    blank_layers: list[int] = field(default_factory=list)
-    hidden_layers: list[int] = field(default_factory=list)
-    duplicate_layers: list[int] = field(default_factory=list)
-
-    @property
-    def any_blank(self) -> bool:
-        return bool(self.blank_layers)
-
-    @property
-    def any_duplicate(self) -> bool:
-        return bool(self.duplicate_layers)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "criteria": dict(self.criteria),
-            "recomposition_error": self.recomposition_error,
-            "blank_layers": list(self.blank_layers),
-            "hidden_layers": list(self.hidden_layers),
-            "duplicate_layers": list(self.duplicate_layers),
-        }
 
 
 def _conform(image: np.ndarray, layers: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

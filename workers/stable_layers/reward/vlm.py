@@ -30,10 +30,10 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from stable_layers.reward.base import CandidateScore, Group, GroupScore
+from stable_layers.reward.base import CandidateScore, Group, GroupScore, PixelMeasures
 from stable_layers.reward.combine import apply_penalties, combine_stages, group_stats, weighted_mean
 from stable_layers.reward.panels import render_grid, render_panel, shuffle_order
-from stable_layers.reward.pixel import PixelMeasures, pixel_measures
+from stable_layers.reward.pixel import pixel_measures
 from stable_layers.reward.prompts import (
     SYSTEM,
     ParseError,

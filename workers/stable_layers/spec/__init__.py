@@ -36,6 +36,7 @@ from stable_layers.spec.training import CheckpointSpec, DataSpec, DistributedSpe
 
 __all__ = [
     "CRITERIA",
+    "EXAMPLE_RUNS",
     "QWEN_LORA_TARGETS",
     "CheckpointSpec",
     "CrelloEvalSpec",
@@ -57,6 +58,7 @@ __all__ = [
     "SpecError",
     "Strict",
     "TransformersJudgeSpec",
+    "example_run_path",
     "format_validation_error",
     "load_run_spec",
     "parse_run_spec",
@@ -159,3 +161,17 @@ def load_run_spec(path: str | Path) -> RunSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
     return parse_run_spec(data, str(p))
+
+
+EXAMPLE_RUNS = Path(__file__).resolve().parents[1] / "assets" / "runs"
+"""Run specs shipped as package data (`local-run`, `demo-run`); `examples/*.yaml` in the repository
+are links to these files, so there is one copy of each."""
+
+
+def example_run_path(name: str) -> Path:
+    """The shipped run spec `name` (e.g. "demo-run" → `.../assets/runs/demo-run.yaml`)."""
+    path = EXAMPLE_RUNS / f"{name}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in EXAMPLE_RUNS.glob("*.yaml"))
+        raise SpecError(f"{name}: no such shipped run spec; choose one of {shipped}")
+    return path

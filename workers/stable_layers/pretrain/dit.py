@@ -42,7 +42,7 @@ def compact_tokenizer() -> Qwen2Tokenizer:
     added tokens makes the drop line up with the template as it does for the real model, leaving the
     user prompt plus the assistant suffix (41 tokens), which halves the cost of every step.
     """
-    from stable_layers.tiny import build_tokenizer
+    from stable_layers.policy import build_tokenizer
 
     tok = build_tokenizer()
     start, end = len("<|im_start|>"), PROMPT_TEMPLATE_PREFIX.index("<|im_end|>")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from stable_layers.pretrain import Phase
+    from stable_layers.pretrain.config import Phase
 
 
 class NullReporter:

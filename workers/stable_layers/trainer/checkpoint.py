@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stable_layers.distributed import DistContext, TrainEngine
 from stable_layers.spec import RunSpec
+from stable_layers.trainer.distributed import DistContext, TrainEngine
 
 LORA_DIR = "lora"
 TRAINER_FILE = "trainer.pt"
@@ -105,7 +105,7 @@ def save_checkpoint(
 ) -> None:
     """Write the checkpoint files into `local_dir` (a collective: every rank calls it; rank 0
     writes). Committing it to the store is the caller's job."""
-    from stable_layers.model import save_lora
+    from stable_layers.policy import save_lora
 
     rng = ctx.all_gather_object(capture_rng())
     optimizer = engine.optimizer_state(ctx)
@@ -145,7 +145,7 @@ def read_loop_state(local_dir: str | Path) -> LoopState:
 def load_weights(local_dir: str | Path, policy: Any) -> None:
     """Put the checkpoint's trainable LoRA tensors into the policy, in place (before the engine is
     built, so the engine's own copies start from them)."""
-    from stable_layers.model import PolicyLoadError, load_lora
+    from stable_layers.policy import PolicyLoadError, load_lora
 
     local = Path(local_dir)
     trainer = _load_trainer(local)

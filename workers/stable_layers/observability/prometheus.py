@@ -25,10 +25,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from stable_layers.spec import CRITERIA
 
 if TYPE_CHECKING:
-    from stable_layers.reward.base import Group, GroupScore
+    from stable_layers.reward import Group, GroupScore
     from stable_layers.spec import RunSpec
 
-log = logging.getLogger("stable_layers.metrics")
+log = logging.getLogger("stable_layers.observability.prometheus")
 PREFIX = "stable_layers"
 DEFAULT_GROUP_STD_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 JUDGE_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from stable_layers.collect import IterationBatch
-from stable_layers.distributed import DistContext, TrainEngine
-from stable_layers.grpo import RatioConfig, SurrogateOutput, summarize, surrogate
 from stable_layers.spec import RunSpec
+from stable_layers.trainer.collect import IterationBatch
+from stable_layers.trainer.distributed import DistContext, TrainEngine
+from stable_layers.trainer.grpo import RatioConfig, SurrogateOutput, summarize, surrogate
 
 
 class LoraEMA:
@@ -123,8 +123,7 @@ def plan_micro_batches(
 
 
 def _replay(policy: Any, mb: MicroBatch, k: int, cfg: RatioConfig) -> SurrogateOutput:
-    from stable_layers.model import reference_policy
-    from stable_layers.sampler import replay_log_prob
+    from stable_layers.policy import reference_policy, replay_log_prob
 
     r, idx = mb.rollout, mb.index
     logp, mean, _ = replay_log_prob(policy, r, idx, k)

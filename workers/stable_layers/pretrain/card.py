@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stable_layers.data.synthetic import make_design, split_seeds
+from stable_layers.data import make_design, split_seeds
 from stable_layers.layers import as_rgba_array, composite_rgba, on_checkerboard, resize_layer
 
 METHODS = ("tiny", "trivial_layer0", "trivial_copy", "vae_oracle")
@@ -69,7 +69,7 @@ def vae_oracle(policy: Any, gt: list[np.ndarray], resolution: int) -> list[np.nd
 
 def load_base(pipeline_dir: Path) -> tuple[Any, Any]:
     """(policy without LoRA, float32 on CPU; the RunSpec that loaded it, for its eval settings)."""
-    from stable_layers.model import load_policy
+    from stable_layers.policy import load_policy
     from stable_layers.spec import RunSpec
 
     spec = RunSpec.model_validate({"model": {"base": str(pipeline_dir), "dtype": "float32", "device": "cpu"}})
@@ -78,9 +78,8 @@ def load_base(pipeline_dir: Path) -> tuple[Any, Any]:
 
 def evaluate_heldout(pipeline_dir: str | Path, settings: CardSettings = CardSettings()) -> dict[str, Any]:
     """Score the pipeline in `pipeline_dir` and the baselines on held-out designs (see module doc)."""
-    from stable_layers.eval.runner import score_design
-    from stable_layers.eval.stats import paired_bootstrap
-    from stable_layers.sampler import decompose
+    from stable_layers.eval import paired_bootstrap, score_design
+    from stable_layers.policy import decompose
 
     policy, spec = load_base(Path(pipeline_dir))
     th, max_edits = spec.eval.thresholds, spec.eval.max_edits
@@ -161,7 +160,7 @@ def gallery_png(rows: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
 
 def write_card(pipeline_dir: str | Path, settings: CardSettings = CardSettings()) -> dict[str, Any]:
     """Evaluate, then write `card.json`, `samples.png` and `MODEL_CARD.md` into `pipeline_dir`."""
-    from stable_layers.pretrain_card_text import render_card
+    from stable_layers.pretrain.card_text import render_card
 
     d = Path(pipeline_dir)
     summary = evaluate_heldout(d, settings)

@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from stable_layers.storage import AlreadyExistsError, NotFoundError, StorageError
+from stable_layers.storage.base import AlreadyExistsError, NotFoundError, StorageError
 
 T = TypeVar("T")
 MiB = 1 << 20

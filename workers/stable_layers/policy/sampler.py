@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from stable_layers.layers import as_rgba_array, resize_layer
-from stable_layers.sde import SdeType, sde_step_with_logprob
+from stable_layers.policy.sde import SdeType, sde_step_with_logprob
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from stable_layers.model import Policy
+    from stable_layers.policy.model import Policy
     from stable_layers.spec import SamplerSpec
 
 __all__ = [

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from stable_layers.distributed import DistContext
-from stable_layers.grpo import Advantages, compute_advantages
 from stable_layers.layers import as_rgba_array, resize_layer
-from stable_layers.reward.base import Candidate, Group, GroupScore, RewardScorer
+from stable_layers.reward import Candidate, Group, GroupScore, RewardScorer
 from stable_layers.spec import RunSpec, SpecError
+from stable_layers.trainer.distributed import DistContext
+from stable_layers.trainer.grpo import Advantages, compute_advantages
 
 
 def derive_seed(*parts: object) -> int:
@@ -83,7 +83,7 @@ class ImageStream:
     def _open(self) -> Iterator[Any]:
         from itertools import islice
 
-        from stable_layers.data.sources import iter_images
+        from stable_layers.data import iter_images
 
         it = iter_images(self.spec.data, rank=0, world_size=1, epoch=self.epoch)
         return islice(it, self.offset, None)
@@ -171,7 +171,7 @@ def collect(
     overlap: bool = True,
 ) -> IterationBatch:
     """Sample this rank's slots of `images`, score every group once, gather, compute advantages."""
-    from stable_layers.sampler import decode, sample_group
+    from stable_layers.policy import decode, sample_group
 
     g = spec.grpo
     t0 = time.perf_counter()

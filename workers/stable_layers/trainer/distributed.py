@@ -16,7 +16,7 @@
   and the caller weights the loss itself (`scale_wrt_gas=False`).
 
 Gradients are averaged across ranks by both engines, so a rank must weight its loss by
-`world_size / global_count` to reproduce the single-process mean (train.py does).
+`world_size / global_count` to reproduce the single-process mean (loop.py does).
 """
 
 from __future__ import annotations

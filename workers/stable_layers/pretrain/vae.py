@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from stable_layers.data.synthetic import make_design
+from stable_layers.data import make_design
 from stable_layers.layers import canonical_order, resize_layer
 
 if TYPE_CHECKING:

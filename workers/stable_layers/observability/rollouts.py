@@ -32,7 +32,7 @@ from stable_layers.layers import as_rgba_array
 from stable_layers.storage import ROLLOUTS, Store, step_name
 
 if TYPE_CHECKING:
-    from stable_layers.reward.base import Group, GroupScore
+    from stable_layers.reward import Group, GroupScore
     from stable_layers.spec import RunSpec
 
 log = logging.getLogger(__name__)

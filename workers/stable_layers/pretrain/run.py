@@ -20,30 +20,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stable_layers.data.synthetic import split_seeds
-from stable_layers.pretrain_config import PretrainConfig
+from stable_layers.data import split_seeds
+from stable_layers.pretrain.config import Phase, PretrainConfig
 
 
 class PretrainError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
-
-
-@dataclass
-class Phase:
-    """Training state of one phase, as checkpointed."""
-
-    name: str
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 # --- small utilities ----------------------------------------------------------------------------
@@ -137,21 +126,21 @@ def run_phase(
 
 
 def build_components(cfg: PretrainConfig) -> dict[str, Any]:
-    """Fresh components of the tiny pipeline, from the policy's builders (`stable_layers.tiny`)."""
-    from stable_layers import tiny
-    from stable_layers.pretrain_dit import compact_tokenizer
+    """Fresh components of the tiny pipeline, from the policy's builders (`stable_layers.policy.tiny`)."""
+    from stable_layers.policy import build_scheduler, build_text_encoder, build_transformer, build_vae
+    from stable_layers.pretrain.dit import compact_tokenizer
 
     tokenizer = compact_tokenizer()
     return {
         "tokenizer": tokenizer,
-        "text_encoder": tiny.build_text_encoder(tokenizer, hidden_size=cfg.text_dim, seed=cfg.seed + 2),
-        "vae": tiny.build_vae(
+        "text_encoder": build_text_encoder(tokenizer, hidden_size=cfg.text_dim, seed=cfg.seed + 2),
+        "vae": build_vae(
             base_dim=cfg.vae_base_dim,
             num_res_blocks=cfg.vae_num_res_blocks,
             dim_mult=cfg.vae_dim_mult,
             seed=cfg.seed + 1,
         ),
-        "transformer": tiny.build_transformer(
+        "transformer": build_transformer(
             num_layers=cfg.dit_layers,
             attention_head_dim=cfg.dit_head_dim,
             num_attention_heads=cfg.dit_heads,
@@ -159,7 +148,7 @@ def build_components(cfg: PretrainConfig) -> dict[str, Any]:
             axes_dims_rope=cfg.axes_dims_rope,
             seed=cfg.seed,
         ),
-        "scheduler": tiny.build_scheduler(),
+        "scheduler": build_scheduler(),
     }
 
 
@@ -182,7 +171,7 @@ def _prepare_work_dir(out: Path, cfg: PretrainConfig, resume: bool) -> Path:
 
 
 def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase:
-    from stable_layers.pretrain_vae import (
+    from stable_layers.pretrain.vae import (
         apply_latent_path_gain,
         frame_batch,
         image_processor,
@@ -233,8 +222,8 @@ def train_vae(vae: Any, cfg: PretrainConfig, work: Path, reporter: Any) -> Phase
 def encode_data(vae: Any, cfg: PretrainConfig, work: Path) -> tuple[Any, Any, list[float], list[float]]:
     """Latent stats (stored in the VAE config) and the encoded training / held-out latents (cached
     in the work dir: recomputing them is deterministic but costs a minute)."""
-    from stable_layers.pretrain_dit import LatentSet, encode_designs
-    from stable_layers.pretrain_vae import canonical_tensor_order, design_tensors, image_processor, latent_stats
+    from stable_layers.pretrain.dit import LatentSet, encode_designs
+    from stable_layers.pretrain.vae import canonical_tensor_order, design_tensors, image_processor, latent_stats
 
     cache = work / "latents.pt"
     if cache.is_file():
@@ -266,7 +255,7 @@ def train_transformer(
     work: Path, reporter: Any, transparent: torch.Tensor | None = None,
 ) -> Phase:  # fmt: skip
     """`transparent`: `pretrain_dit.transparent_latent`, needed when `cfg.dit_content_weight` ≠ 1."""
-    from stable_layers.pretrain_dit import content_weights, flow_matching_loss, step_batch, validation_loss
+    from stable_layers.pretrain.dit import content_weights, flow_matching_loss, step_batch, validation_loss
 
     if cfg.dit_content_weight != 1 and transparent is None:
         raise ValueError("dit_content_weight != 1 needs the transparent latent (pretrain_dit.transparent_latent)")
@@ -308,8 +297,8 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig, *, resume: bool = False,
     written as `out/training.json`). See the module docstring for the resume/atomicity contract."""
     from diffusers import QwenImageLayeredPipeline
 
-    from stable_layers.pretrain_dit import transparent_latent
-    from stable_layers.pretrain_report import NullReporter, plot_losses
+    from stable_layers.pretrain.dit import transparent_latent
+    from stable_layers.pretrain.report import NullReporter, plot_losses
 
     reporter = reporter or NullReporter()
     out = Path(out)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from stable_layers import storage
-from stable_layers.checkpoint import LoopState, load_training_state, load_weights, save_checkpoint
 from stable_layers.spec import RunSpec, SpecError
+from stable_layers.trainer.checkpoint import LoopState, load_training_state, load_weights, save_checkpoint
 
-log = logging.getLogger("stable_layers.train")
+log = logging.getLogger("stable_layers.trainer.loop")
 
 METRICS_FILE = "metrics.jsonl"
 _DIAG_KEYS = (
@@ -156,11 +156,16 @@ def train(
     `scorer` overrides `build_scorer(spec.reward)` (tests use small rewards); `overlap_scoring`
     scores group k on a background thread while group k+1 is sampled.
     """
-    from stable_layers.checkpoint import seed_everything
-    from stable_layers.collect import ImageStream, ScoringLoop, check_layout, collect
-    from stable_layers.distributed import build_engine, check_deepspeed_config, deepspeed_config, init_distributed
-    from stable_layers.model import load_policy, resolve_device
-    from stable_layers.update import LoraEMA, update_steps
+    from stable_layers.policy import load_policy, resolve_device
+    from stable_layers.trainer.checkpoint import seed_everything
+    from stable_layers.trainer.collect import ImageStream, ScoringLoop, check_layout, collect
+    from stable_layers.trainer.distributed import (
+        build_engine,
+        check_deepspeed_config,
+        deepspeed_config,
+        init_distributed,
+    )
+    from stable_layers.trainer.update import LoraEMA, update_steps
 
     total_steps = max_steps or spec.grpo.max_steps
     device = resolve_device(spec.model.device)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stable_layers.policy.tiny import tiny_pipeline
 from stable_layers.spec import LoraSpec, RunSpec
-from stable_layers.tiny import tiny_pipeline
 
 if TYPE_CHECKING:
     from diffusers import QwenImageLayeredPipeline, QwenImageTransformer2DModel
@@ -35,10 +35,10 @@ __all__ = [
     "reference_policy",
     "resolve_device",
     "save_lora",
-    "tiny_pipeline",
+    "tiny_installed",
 ]
 
-TINY_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
+TINY_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "tiny"
 """Pipeline directory of the shipped `tiny` preset (written by `stable-layers pretrain-tiny`)."""
 NEGATIVE_PROMPT = " "
 """Negative prompt for true CFG (the upstream README's recommendation)."""
@@ -47,6 +47,11 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 # Text-stream modules of the LAST block: their outputs only feed the text stream, which nothing
 # reads after the last block, so LoRA on them never gets a (non-zero) gradient (model.md §6.12).
 _DEAD_IN_LAST_BLOCK = ("attn.to_add_out", "attn.add_q_proj", "txt_mlp.net.0.proj", "txt_mlp.net.2")
+
+
+def tiny_installed() -> bool:
+    """Whether the shipped `tiny` pipeline (trained weights) is installed at `TINY_ASSETS`."""
+    return (TINY_ASSETS / "model_index.json").is_file()
 
 
 class PolicyLoadError(RuntimeError):
@@ -123,7 +128,7 @@ def _load_pipeline(spec: RunSpec) -> tuple[Any, torch.dtype]:
     if m.preset == "tiny-random":
         return tiny_pipeline(seed=0), torch.float32
     if m.preset == "tiny":
-        if not (TINY_ASSETS / "model_index.json").is_file():
+        if not tiny_installed():
             raise PolicyLoadError(
                 f"model.preset: 'tiny' needs the shipped pipeline at {TINY_ASSETS}, which does not exist yet; "
                 "run `stable-layers pretrain-tiny` to create it, or use preset 'tiny-random'"

@@ -1,9 +1,10 @@
-"""The options of `stable-layers pretrain-tiny`: one frozen dataclass, saved with the checkpoints
-(`--resume` refuses a run whose options differ) and in `training.json`."""
+"""The options of `stable-layers pretrain-tiny` — one frozen dataclass, saved with the checkpoints
+(`--resume` refuses a run whose options differ) and in `training.json` — and the checkpointed state
+of one training phase."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from stable_layers.spec import ModelSpec
@@ -96,3 +97,14 @@ class PretrainConfig:
         if unknown:
             raise ValueError(f"unknown pretraining config fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class Phase:
+    """Training state of one phase, as checkpointed."""
+
+    name: str
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0

@@ -1,0 +1,69 @@
+"""The policy: Qwen-Image-Layered with a fixed prompt embedding and a peft LoRA, and its sampler.
+
+`load_policy(spec)` loads the real pipeline or a tiny preset (`model.py`); `sample_group` runs the
+SDE rollouts of one group with per-step log-probabilities and `replay_log_prob` recomputes them
+with gradients (`sampler.py`, on the pure math of `sde.py`); `tiny.py` builds tiny random
+components of the real classes, so everything runs with no download. Importing this package
+imports torch and diffusers.
+"""
+
+from stable_layers.policy.model import (
+    LORA_WEIGHT_NAME,
+    TINY_ASSETS,
+    Policy,
+    PolicyLoadError,
+    get_lora_keys,
+    load_lora,
+    load_policy,
+    reference_policy,
+    resolve_device,
+    save_lora,
+    tiny_installed,
+)
+from stable_layers.policy.sampler import (
+    Rollout,
+    decode,
+    decompose,
+    replay_log_prob,
+    sample_group,
+    sde_window,
+    working_size,
+)
+from stable_layers.policy.sde import SdeType, sde_step_with_logprob
+from stable_layers.policy.tiny import (
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+    tiny_pipeline,
+)
+
+__all__ = [
+    "LORA_WEIGHT_NAME",
+    "TINY_ASSETS",
+    "Policy",
+    "PolicyLoadError",
+    "Rollout",
+    "SdeType",
+    "build_scheduler",
+    "build_text_encoder",
+    "build_tokenizer",
+    "build_transformer",
+    "build_vae",
+    "decode",
+    "decompose",
+    "get_lora_keys",
+    "load_lora",
+    "load_policy",
+    "reference_policy",
+    "replay_log_prob",
+    "resolve_device",
+    "sample_group",
+    "save_lora",
+    "sde_step_with_logprob",
+    "sde_window",
+    "tiny_installed",
+    "tiny_pipeline",
+    "working_size",
+]
