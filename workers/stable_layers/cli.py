@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from stable_layers.commands import evaluate, pretrain, score, train
+from stable_layers.commands import evaluate, pretrain, rollouts, score, train
 
 app = typer.Typer(
     name="stable-layers",
@@ -24,6 +24,7 @@ app.command("score")(score.score)
 app.command("judge-check")(score.judge_check)
 app.command("eval")(evaluate.evaluate)
 app.command("pretrain-tiny")(pretrain.pretrain_tiny)
+app.command("rollouts")(rollouts.rollouts)
 
 
 def main() -> None:  # pragma: no cover - console script shim

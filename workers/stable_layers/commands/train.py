@@ -84,14 +84,23 @@ def _launch(nnodes: int, nproc: int) -> None:
 
 
 def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = False) -> list[Any]:
-    """Prometheus exporter, rollout recorder and (with --evaluate) checkpoint evaluation; rank 0
-    only: the loop calls callbacks there."""
+    """Prometheus exporter, rollout recorder, `metrics.reportTo` trackers and (with --evaluate)
+    checkpoint evaluation; rank 0 only: the loop calls callbacks there."""
     if int(os.environ.get("RANK", "0")) != 0:
         return []
-    from stable_layers.observability import exporter_from_spec, recorder_from_spec
+    from stable_layers.observability import (
+        TrackerMissingError,
+        exporter_from_spec,
+        recorder_from_spec,
+        trackers_from_spec,
+    )
     from stable_layers.storage import open_store
 
     found = [exporter_from_spec(spec, port=metrics_port), recorder_from_spec(spec, open_store(out))]
+    try:
+        found += trackers_from_spec(spec, open_store(out))
+    except TrackerMissingError as err:
+        raise _error(str(err)) from None
     if evaluate:
         from stable_layers.eval import PeriodicEvaluation
 

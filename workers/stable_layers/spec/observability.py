@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from stable_layers.spec.base import Strict
+
+Tracker = Literal["tensorboard", "wandb"]
 
 
 class MetricsSpec(Strict):
@@ -24,6 +28,18 @@ class MetricsSpec(Strict):
     """Upper bounds of the `stable_layers_group_reward_std` histogram buckets (rewards lie in about
     [0, 1], so the within-group std is at most 0.5). The first bucket (0.001) isolates groups with
     no usable spread. Default [OURS]."""
+    report_to: list[Tracker] = Field(default_factory=list)
+    """Experiment trackers fed on rank 0 besides Prometheus, named as accelerate's and HF Trainer's
+    `report_to`: `tensorboard` (event files under `<run>/tensorboard/`) and/or `wandb` (an offline
+    run under `<run>/wandb/`; sync it later with `wandb sync`). Each needs its optional extra
+    (`pip install 'stable-layers-operator[tensorboard]'` / `[wandb]`). Every numeric metrics.jsonl
+    value is logged per step. Default none."""
+    images_every_steps: int = Field(50, ge=0)
+    """Every this many optimizer steps the trackers also get one group's candidates as images, the
+    rewards and advantages in the caption. 0 = scalars only. Default 50 [OURS]."""
+    wandb_project: str = Field("stable-layers", min_length=1)
+    """wandb project of the offline run (the run's name is the spec's `name`). Default
+    `stable-layers`."""
 
 
 class RolloutsSpec(Strict):
