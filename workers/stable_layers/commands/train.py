@@ -100,7 +100,9 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = F
     try:
         found += trackers_from_spec(spec, open_store(out))
     except TrackerMissingError as err:
-        raise _error(str(err)) from None
+        from rich.markup import escape
+
+        raise _error(escape(str(err))) from None  # "[wandb]" is an extra's name, not rich markup
     if evaluate:
         from stable_layers.eval import PeriodicEvaluation
 

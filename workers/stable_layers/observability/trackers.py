@@ -168,7 +168,11 @@ class _Tracker:
 class TensorBoardTracker(_Tracker):
     """Event files written by torch's `SummaryWriter` (the writer accelerate uses), under
     `tensorboard/`: scalars under their metrics.jsonl names, candidate images as
-    `rollout/candidate-XX` and their captions as the text `rollout/captions`."""
+    `rollout/candidate-XX` and their captions as the text `rollout/captions`.
+
+    The writer is opened at the first logged step with `purge_step` = that step, so after a resume
+    TensorBoard drops what the crashed attempt had logged past the checkpoint (metrics.jsonl is cut
+    back the same way)."""
 
     subdir = TENSORBOARD_DIR
 
@@ -181,26 +185,37 @@ class TensorBoardTracker(_Tracker):
                 "pip install 'stable-layers-operator[tensorboard]' or remove it from metrics.reportTo"
             ) from err
         super().__init__(store, images_every, local_dir)
-        self.writer = SummaryWriter(log_dir=str(self.dir))
+        self._writer_class = SummaryWriter
+        self.writer: Any = None
+
+    def _open(self, step: int) -> Any:
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=str(self.dir), purge_step=step)
+        return self.writer
 
     def _log_scalars(self, step: int, values: dict[str, float]) -> None:
+        writer = self._open(step)
         for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+            writer.add_scalar(key, value, step)
 
     def _log_images(self, step: int, rollout_step: int, group: Group, score: GroupScore, advs: list[float]) -> None:
+        writer = self._open(step)
         lines = [f"group `{group.image_id}` sampled after {rollout_step} steps (rollouts/step-{rollout_step:06d})", ""]
         for i, (cand, s, a) in enumerate(zip(group.candidates, score.scores, advs, strict=True)):
-            self.writer.add_image(
+            writer.add_image(
                 f"rollout/candidate-{i:02d}", candidate_strip(group.image, cand.layers), step, dataformats="HWC"
             )
             lines.append(f"- {caption(i, s, a)}")
-        self.writer.add_text("rollout/captions", "\n".join(lines), step)
+        writer.add_text("rollout/captions", "\n".join(lines), step)
 
     def _flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def _finish(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class WandbTracker(_Tracker):
@@ -227,26 +242,32 @@ class WandbTracker(_Tracker):
             ) from err
         super().__init__(store, images_every, local_dir)
         self._wandb = wandb
-        # offline always: a trainer pod has no business talking to wandb.ai, and the run directory
-        # is what `wandb sync` uploads later from wherever the user has credentials
-        self.run = wandb.init(
-            mode="offline",
-            dir=str(self.dir.parent),
-            project=project,
-            name=run_name,
-            config=config,
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
-        )
+        self._init = {"project": project, "name": run_name, "config": config}
+        self.run: Any = None
+
+    def _open(self) -> Any:
+        """The run, started at the first logged step (a trainer that fails before it leaves none)."""
+        if self.run is None:
+            wandb = self._wandb
+            # offline always: a trainer pod has no business talking to wandb.ai, and the run
+            # directory is what `wandb sync` uploads later from wherever the user has credentials
+            self.run = wandb.init(
+                mode="offline",
+                dir=str(self.dir.parent),
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
+                **self._init,
+            )
+        return self.run
 
     def _log_scalars(self, step: int, values: dict[str, float]) -> None:
-        self.run.log(values, step=step)
+        self._open().log(values, step=step)
 
     def _log_images(self, step: int, rollout_step: int, group: Group, score: GroupScore, advs: list[float]) -> None:
         images = [
             self._wandb.Image(candidate_strip(group.image, cand.layers), caption=caption(i, s, a))
             for i, (cand, s, a) in enumerate(zip(group.candidates, score.scores, advs, strict=True))
         ]
-        self.run.log({"rollout": images}, step=step)
+        self._open().log({"rollout": images}, step=step)
 
     def _finish(self) -> None:
         if self.run is not None:

@@ -182,7 +182,7 @@ def step_page(
 
 def zero_page(run: str, groups: list[tuple[GroupView, str]]) -> str:
     rows = "".join(
-        f"<tr><td>{v.step}</td><td class='l'><a href='{page}#g-{html.escape(v.base.rsplit('/', 1)[-1])}'>"
+        f"<tr><td>{v.step}</td><td class='l'><a href=\"{page}#g-{html.escape(v.base.rsplit('/', 1)[-1])}\">"
         f"{html.escape(v.image_id)}</a></td><td>{_f(v.candidates[0].get('reward') if v.candidates else None)}</td>"
         f"<td>{len(v.candidates)}</td><td class='l'>{html.escape('; '.join(v.problems)) or '–'}</td></tr>"
         for v, page in groups
@@ -196,7 +196,7 @@ def zero_page(run: str, groups: list[tuple[GroupView, str]]) -> str:
     body = (
         "<h1>Groups with zero reward spread</h1>"
         f"<div class='meta'>{html.escape(run)} · every candidate got the same reward, so the group's "
-        "advantages are 0 and it contributes no gradient</div><nav><a href='index.html'>index</a></nav>"
+        'advantages are 0 and it contributes no gradient</div><nav><a href="index.html">index</a></nav>'
         f"{table}"
     )
     return _page("Stable-Layers zero-spread groups", body)
@@ -207,7 +207,7 @@ def index_page(run: str, summaries: list[StepSummary], plot_png: bytes | None, s
     for s in summaries:
         cls = "step haszero" if s.zero_spread else "step"
         rows.append(
-            f"<tr class='{cls}'><td><a href='{page_name(s.step)}'>{s.step}</a></td><td>{s.groups}</td>"
+            f"<tr class='{cls}'><td><a href=\"{page_name(s.step)}\">{s.step}</a></td><td>{s.groups}</td>"
             f"<td>{s.zero_spread}</td><td>{_f(s.reward_mean)}</td><td>{_f(s.spread['reward'])}</td>"
             f"<td>{_f(s.spread['1'])}</td><td>{_f(s.spread['2'])}</td><td>{s.problems}</td></tr>"
         )
@@ -223,7 +223,7 @@ def index_page(run: str, summaries: list[StepSummary], plot_png: bytes | None, s
     body = (
         f"<h1>Rollouts of {html.escape(run)}</h1>"
         f"<div class='meta'>{len(summaries)} steps · {n_groups} recorded groups · {n_zero} with zero spread"
-        f"{selection}</div><nav><a href='zero-spread.html'>zero-spread groups</a></nav>"
+        f'{selection}</div><nav><a href="zero-spread.html">zero-spread groups</a></nav>'
         "<h2>Within-group spread over training</h2>"
         "<p class='note'>GRPO learns from the spread of rewards inside a group: a group whose candidates "
         "score alike has zero advantage. Stage 1 is the per-candidate rubric, stage 2 the grid "
