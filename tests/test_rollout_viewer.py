@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from s3_server import BUCKET, moto_endpoint, s3_env  # noqa: F401
 from typer.testing import CliRunner
 
 from stable_layers.cli import app
@@ -136,6 +137,9 @@ class LoggingOut:
         self.log.append(("put", key))
         self.inner.put_bytes(key, data)
 
+    def get_bytes(self, key: str) -> bytes:
+        return self.inner.get_bytes(key)
+
 
 def test_large_runs_page_and_read_one_page_of_images_at_a_time(tmp_path: Path) -> None:
     write_run(tmp_path / "run", steps=3, groups=5)
@@ -162,6 +166,27 @@ def test_large_runs_page_and_read_one_page_of_images_at_a_time(tmp_path: Path) -
         between = [k for kind, k in log[page_at:next_put] if kind == "get" and k.endswith(".png")]
         assert len(between) <= 2 * (1 + 3 * 2), between  # one page: 2 groups × (input + 3 cands × 2 layers)
     assert log[-1] == ("put", "index.html")  # written last: a viewer with an index is complete
+
+
+def test_rebuilding_renders_only_new_or_changed_steps(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", steps=3, groups=2)
+    first = build_viewer(tmp_path / "run", tmp_path / "view")
+    assert first.rendered == first.pages == ["step-000000.html", "step-000001.html", "step-000002.html"]
+    # the run goes on: step 3 is recorded; step 2's page gains a "step 3 →" link, 0 and 1 are kept
+    rec = RolloutRecorder(open_store(tmp_path / "run"), rate=1.0, background=False)
+    rec.on_group(3, solid_group("s3-g0", CYAN), vlm_score("s3-g0", [0.1, 0.5, 0.9]), [0.0] * 3)
+    log: list[tuple[str, str]] = []
+    again = build_viewer(CountingStore(open_store(tmp_path / "run"), log), tmp_path / "view")
+    assert again.rendered == ["step-000002.html", "step-000003.html"]
+    assert {k.split("/")[1] for _, k in log if k.endswith(".png")} == {"step-000002", "step-000003"}
+    assert 'href="step-000003.html"' in (tmp_path / "view" / "step-000002.html").read_text()
+    assert "4 steps" in (tmp_path / "view" / "index.html").read_text()
+    # another page size, a deleted page or --rebuild: rendered again
+    assert build_viewer(tmp_path / "run", tmp_path / "view").rendered == []
+    (tmp_path / "view" / "step-000001.html").unlink()
+    assert build_viewer(tmp_path / "run", tmp_path / "view").rendered == ["step-000001.html"]
+    assert len(build_viewer(tmp_path / "run", tmp_path / "view", per_page=1).rendered) == 7
+    assert len(build_viewer(tmp_path / "run", tmp_path / "view", per_page=1, rebuild=True).rendered) == 7
 
 
 def test_steps_selection_reads_only_those_steps(tmp_path: Path) -> None:
@@ -237,3 +262,16 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert none.exit_code == 2 and "no rollout records in --steps 7:" in none.output
     ok = runner.invoke(app, ["rollouts", str(tmp_path / "run"), "--out", str(tmp_path / "v")])
     assert ok.exit_code == 0 and "1 steps, 1 groups, 1 pages" in ok.output
+
+
+def test_viewer_from_and_to_s3(s3_env: str) -> None:  # noqa: F811
+    run = f"s3://{BUCKET}/runs/r1"
+    rec = RolloutRecorder(open_store(run), rate=1.0, background=False)
+    rec.on_group(2, solid_group("a", CYAN), vlm_score("a", [0.1, 0.5, 0.9]), [-1.0, 0.0, 1.0])
+    res = build_viewer(run, f"{run}/viewer")
+    assert res.index == f"{run}/viewer/index.html"
+    out = open_store(f"{run}/viewer")
+    assert out.list() == ["index.html", "step-000002.html", "viewer.json", "zero-spread.html"]
+    assert build_viewer(run, f"{run}/viewer").rendered == []  # the manifest is read back from S3 too
+    page = out.get_bytes("step-000002.html").decode()
+    assert len(re.findall(r'<img class="thumb" src="data:image/png;base64,', page)) == 1 + 3 * 2

@@ -166,3 +166,16 @@ def test_train_without_the_tracker_package_is_a_one_line_error(tmp_path: Path, m
     assert result.exit_code == 2, result.output
     assert "metrics.reportTo lists wandb but it is not installed" in result.output
     assert "stable-layers-operator[wandb]" in result.output and "Traceback" not in result.output
+
+
+def test_only_rank_0_gets_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stable_layers.commands.train import _callbacks
+
+    spec = parse_run_spec({"metrics": {"reportTo": ["tensorboard", "wandb"]}, "rollouts": {"rate": 0}})
+    monkeypatch.setenv("RANK", "1")
+    assert _callbacks(spec, str(tmp_path / "run"), None) == []
+    monkeypatch.setenv("RANK", "0")
+    found = _callbacks(spec, str(tmp_path / "run"), None)
+    assert [type(cb).__name__ for cb in found] == ["TensorBoardTracker", "WandbTracker"]
+    for cb in found:
+        cb.on_end({})

@@ -19,6 +19,9 @@ def rollouts(
     per_page: Annotated[
         int, typer.Option("--per-page", min=1, help="Groups per page (a step with more groups gets several pages).")
     ] = 10,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Render every step page again (default: keep unchanged ones).")
+    ] = False,
 ) -> None:
     """Build self-contained HTML pages of the sampled rollouts: each group's candidates, the judge's
     answers per stage, rewards and advantages; an index with the within-group spread over steps."""
@@ -29,8 +32,10 @@ def rollouts(
 
     err_console = Console(stderr=True)
     try:
-        result = build_viewer(run_uri, out, steps=steps, per_page=per_page)
+        result = build_viewer(run_uri, out, steps=steps, per_page=per_page, rebuild=rebuild)
     except (NoRecordsError, StepsError, StorageError) as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{result.steps} steps, {result.groups} groups, {len(result.pages)} pages: {result.index}")
+    kept = len(result.pages) - len(result.rendered)
+    note = f" ({kept} unchanged, kept)" if kept else ""
+    typer.echo(f"{result.steps} steps, {result.groups} groups, {len(result.pages)} pages{note}: {result.index}")

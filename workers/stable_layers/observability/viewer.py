@@ -5,6 +5,7 @@
     index.html                  every selected step: groups, zero-spread groups, spread per stage,
                                 a plot of the within-group spread over steps; links to the pages
     zero-spread.html            the groups whose candidates all got the same reward, with links
+    viewer.json                 what was rendered, so a rebuild renders only new or changed steps
     step-NNNNNN.html[-pK.html]  one step's groups, at most `per_page` per page: input, candidates
                                 (layers on a checkerboard), stage-1 criteria and judge answers,
                                 the stage-2 grid with its shuffled order mapped back, penalties,
@@ -20,11 +21,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -43,10 +45,12 @@ from stable_layers.observability.rollout_view import (
     read_scores,
     summarize,
 )
-from stable_layers.storage import Store, open_store
+from stable_layers.storage import NotFoundError, Store, open_store
 
 THUMB = 128
 """Longest side of a layer thumbnail on the step pages, pixels."""
+MANIFEST = "viewer.json"
+"""What an earlier build rendered (run, perPage, per step its groups and neighbours)."""
 
 
 class NoRecordsError(ValueError):
@@ -120,29 +124,61 @@ class ViewerResult:
     steps: int
     groups: int
     pages: list[str]
+    rendered: list[str]
+    """The pages written by this build (the others were kept from an earlier one)."""
 
 
-def _writer(out: str | Path | Store) -> tuple[Callable[[str, bytes], None], Callable[[str], str]]:
-    """(write(name, data), url(name)) for the output: a local directory gets world-readable files
-    replaced atomically (pages are meant to be opened and shared); a URI goes through its store."""
-    if isinstance(out, str | Path) and "://" not in str(out):
-        root = Path(out)
-        root.mkdir(parents=True, exist_ok=True)
+class _Output:
+    """Where the pages go: a local directory gets world-readable files replaced atomically (pages
+    are meant to be opened and shared); a URI goes through its store."""
 
-        def write(name: str, data: bytes) -> None:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=root)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, root / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+    def __init__(self, out: str | Path | Store):
+        self.root: Path | None = None
+        self.store: Store | None = None
+        if isinstance(out, str | Path) and "://" not in str(out):
+            self.root = Path(out)
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.store = open_store(str(out)) if isinstance(out, str | Path) else out
 
-        return write, lambda name: str(root / name)
-    store = open_store(str(out)) if isinstance(out, str | Path) else out
-    return (lambda name, data: store.put_bytes(name, data)), store.url
+    def put(self, name: str, data: bytes) -> None:
+        if self.store is not None:
+            self.store.put_bytes(name, data)
+            return
+        assert self.root is not None
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            if self.store is not None:
+                return self.store.get_bytes(name)
+            assert self.root is not None
+            return (self.root / name).read_bytes()
+        except (OSError, NotFoundError):
+            return None
+
+    def url(self, name: str) -> str:
+        return self.store.url(name) if self.store is not None else str(self.root / name)
+
+
+def _previous(output: _Output, run_url: str, per_page: int) -> dict[str, Any]:
+    """The step pages an earlier build of the same run left in `output` (by step), if reusable."""
+    raw = output.get(MANIFEST)
+    try:
+        manifest = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if manifest.get("format") != 1 or manifest.get("run") != run_url or manifest.get("perPage") != per_page:
+        return {}
+    return dict(manifest.get("steps") or {})
 
 
 def build_viewer(
@@ -152,12 +188,17 @@ def build_viewer(
     steps: str | None = None,
     per_page: int = 10,
     plot: bool = True,
+    rebuild: bool = False,
 ) -> ViewerResult:
-    """Write the viewer of the run `run` (URI or store) into `out` (see the module docstring)."""
+    """Write the viewer of the run `run` (URI or store) into `out` (see the module docstring).
+
+    A step page an earlier build wrote for the same groups (and the same neighbouring steps) is
+    kept, not rendered again, unless `rebuild`: re-running the viewer on a run in progress
+    renders only its new steps. The index and the zero-spread list are always rebuilt."""
     if per_page < 1:
         raise ValueError("--per-page must be at least 1")
     src = open_store(run) if isinstance(run, str | Path) else run
-    put, url = _writer(out)
+    output = _Output(out)
     ranges = parse_steps(steps)
     listing = {s: b for s, b in list_groups(src).items() if in_steps(s, ranges)}
     if not listing:
@@ -165,26 +206,39 @@ def build_viewer(
         raise NoRecordsError(
             f"{src.url('rollouts/')}: {what}; records are written when rollouts.rate > 0 (see docs/storage.md)"
         )
+    previous = {} if rebuild else _previous(output, src.url(), per_page)
     summaries: list[StepSummary] = []
     zero: list[tuple[GroupView, str]] = []
     pages: list[str] = []
+    rendered: list[str] = []
+    manifest_steps: dict[str, Any] = {}
     for step, bases in listing.items():
         views = [group_view(b, body) for b, body in zip(bases, read_scores(src, bases), strict=True)]
         summaries.append(summarize(step, views))
         n_pages = -(-len(views) // per_page)
+        neighbours = _neighbours(listing, step)
+        entry = {"groups": bases, "neighbours": list(neighbours)}
+        keep = previous.get(str(step)) == entry and all(
+            output.get(page_name(step, p + 1)) is not None for p in range(n_pages)
+        )
+        manifest_steps[str(step)] = entry
         for p in range(n_pages):
             chunk = views[p * per_page : (p + 1) * per_page]
             name = page_name(step, p + 1)
             zero += [(v, name) for v in chunk if v.zero_spread]
-            sections = [group_html(src, v) for v in chunk]  # images of this page only
-            body_html = vp.step_page(src.url(), step, p + 1, n_pages, sections, _neighbours(listing, step))
-            put(name, body_html.encode("utf-8"))
             pages.append(name)
-    put("zero-spread.html", vp.zero_page(src.url(), zero).encode("utf-8"))
+            if keep:
+                continue
+            sections = [group_html(src, v) for v in chunk]  # images of this page only
+            output.put(name, vp.step_page(src.url(), step, p + 1, n_pages, sections, neighbours).encode("utf-8"))
+            rendered.append(name)
+    output.put("zero-spread.html", vp.zero_page(src.url(), zero).encode("utf-8"))
+    manifest = {"format": 1, "run": src.url(), "perPage": per_page, "steps": manifest_steps}
+    output.put(MANIFEST, json.dumps(manifest).encode("utf-8"))
     png = spread_plot(summaries) if plot else None
     index = vp.index_page(src.url(), summaries, png, steps)
-    put("index.html", index.encode("utf-8"))  # last: its presence marks a complete viewer
-    return ViewerResult(url("index.html"), len(summaries), sum(s.groups for s in summaries), pages)
+    output.put("index.html", index.encode("utf-8"))  # last: its presence marks a complete viewer
+    return ViewerResult(output.url("index.html"), len(summaries), sum(s.groups for s in summaries), pages, rendered)
 
 
 def _neighbours(listing: dict[int, list[str]], step: int) -> tuple[int | None, int | None]:
