@@ -138,7 +138,7 @@ def test_remote_run_uploads_at_checkpoints_and_end(caplog: pytest.LogCaptureFixt
 def test_wandb_is_offline_and_named_after_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "online")  # the tracker is offline whatever the environment says
     wb = WandbTracker(open_store(tmp_path), "my-run", project="proj", images_every=0)
-    assert wb.run is None  # started at the first step: a trainer failing before it leaves no run
+    assert wb.run is None and not (tmp_path / "wandb").exists()  # a trainer failing before step 1 leaves nothing
     _drive(wb, 1)
     assert wb.run.settings.mode == "offline" and wb.run.name == "my-run" and wb.run.project == "proj"
     wb.on_end({})

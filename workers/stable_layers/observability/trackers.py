@@ -102,7 +102,6 @@ class _Tracker:
         else:
             self._scratch = Path(tempfile.mkdtemp(prefix=f"sl-{self.subdir}-"))
             self.dir = self._scratch / self.subdir
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._pending: tuple[int, Group, GroupScore, list[float]] | None = None
         self._imaged: set[int] = set()
         self._uploaded: dict[str, tuple[int, int]] = {}
@@ -131,7 +130,7 @@ class _Tracker:
 
     def sync(self) -> None:
         """Upload new or grown files of a remote run (nothing to do for a local one)."""
-        if self._scratch is None:
+        if self._scratch is None or not self.dir.exists():
             return
         for path in sorted(p for p in self.dir.rglob("*") if p.is_file() and not p.is_symlink()):
             rel = path.relative_to(self._scratch).as_posix()
@@ -190,6 +189,7 @@ class TensorBoardTracker(_Tracker):
 
     def _open(self, step: int) -> Any:
         if self.writer is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
             self.writer = self._writer_class(log_dir=str(self.dir), purge_step=step)
         return self.writer
 
@@ -248,6 +248,7 @@ class WandbTracker(_Tracker):
     def _open(self) -> Any:
         """The run, started at the first logged step (a trainer that fails before it leaves none)."""
         if self.run is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
             wandb = self._wandb
             # offline always: a trainer pod has no business talking to wandb.ai, and the run
             # directory is what `wandb sync` uploads later from wherever the user has credentials
