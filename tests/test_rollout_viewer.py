@@ -246,6 +246,7 @@ def test_pixel_reward_records_and_missing_images_still_render(tmp_path: Path) ->
     build_viewer(tmp_path / "run", tmp_path / "view")
     page = (tmp_path / "view" / "step-000000.html").read_text()
     assert "No stage-2 grid" in page and "missing candidate 1 layer 0" in page
+    assert "judge answer" not in page  # the pixel reward asks no judge
     assert len(re.findall(r'<img class="thumb"', page)) == 2  # input + candidate 0's layer
     assert list_groups(store) == {0: ["rollouts/step-000000/p"]}
 

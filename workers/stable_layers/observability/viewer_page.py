@@ -78,8 +78,11 @@ def candidate_rows(view: GroupView, layer_imgs: list[list[str]]) -> str:
         "<tr><th>#</th><th class='l'>layers (back to front)</th><th>reward</th><th>advantage</th>"
         "<th>stage 1</th><th>stage 2</th>"
         + "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in CRITERIA)
-        + "<th class='l'>penalties</th><th class='l'>flags</th><th class='l'>judge answer (stage 1)</th></tr>"
+        + "<th class='l'>penalties</th><th class='l'>flags</th>"
     )
+    # the pixel reward asks no judge: no empty answer column for it
+    judged = any((c.get("raw") or {}).get("stage1_answers") for c in view.candidates)
+    head += "<th class='l'>judge answer (stage 1)</th></tr>" if judged else "</tr>"
     rows = []
     for c, imgs in zip(view.candidates, layer_imgs, strict=True):
         raw = c.get("raw") or {}
@@ -93,11 +96,12 @@ def candidate_rows(view: GroupView, layer_imgs: list[list[str]]) -> str:
         flags = [k.replace("_", " ") for k, v in (c.get("flags") or {}).items() if v]
         flag_html = "".join(f'<span class="badge warn">{html.escape(f)}</span>' for f in flags) or "–"
         answer = _answers(list(raw.get("stage1_answers") or []), "stage1_scores" in raw)
+        answer_cell = f"<td class='answer'>{answer}</td>" if judged else ""
         rows.append(
             f"<tr class='cand'><td>{c.get('index')}</td><td class='l'><div class='layers'>{''.join(imgs)}</div></td>"
             f"<td>{_f(c.get('reward'))}</td><td>{_f(c.get('advantage'), 3)}</td>"
             f"<td>{_f(stages.get('1'))}</td><td>{_f(stages.get('2'))}</td>{crit_cells}"
-            f"<td class='l'>{pen}</td><td class='l'>{flag_html}</td><td class='answer'>{answer}</td></tr>"
+            f"<td class='l'>{pen}</td><td class='l'>{flag_html}</td>{answer_cell}</tr>"
         )
     return f"<table class='cands'>{head}{''.join(rows)}</table>"
 
@@ -172,6 +176,10 @@ def step_page(
         f"<h1>{html.escape(title)}</h1><div class='meta'>{html.escape(run)} · sampled after {step} optimizer steps"
         "</div>"
         f"{_nav(run, step, page, n_pages, neighbours)}"
+        "<p class='note'>Layers back to front on a checkerboard. Criteria: the judge's stage-1 scores divided "
+        "by reward.scale (0–1; a fallback candidate shows the group mean); stage 1: their weighted mean; stage 2: "
+        "the grid score / scale, averaged over grid requests; reward: the stages mixed by reward.stageWeight, "
+        "minus penalties; advantage: (reward − group mean) / (group std + 1e-4), clipped.</p>"
         '<input type="checkbox" id="zero-only"><label class="filter" for="zero-only"> only groups with zero '
         "spread</label>"
         f"<div class='groups'>{''.join(sections) or '<p>(no groups)</p>'}</div>"
