@@ -17,12 +17,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from stable_layers_operator.pods import DNS_1035_LABEL
 from stable_layers_operator.resource import (
     API_VERSION,
     GROUP,
     KIND,
     MAX_NAME_LENGTH,
     PLURAL,
+    RUN_NAME_MESSAGE,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
@@ -162,6 +164,7 @@ def openapi_schema() -> dict[str, Any]:
                 "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child object names append suffixes)",
             },
+            {"rule": f"self.metadata.name.matches('{DNS_1035_LABEL}')", "message": RUN_NAME_MESSAGE},
             *_immutability_rules_nested(),
         ],
     }
