@@ -159,6 +159,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.created: list[str] = []
         self.deleted: list[str] = []
+        self.patched: list[str] = []
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, name))
@@ -173,6 +174,9 @@ class FakeCluster:
 
     def replace_data(self, obj: dict[str, Any]) -> None:
         self.objects[(obj["kind"], obj["metadata"]["name"])]["data"] = obj["data"]
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patched.append(f"{kind}/{name}")
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         self.deleted.append(f"{kind}/{name}")

@@ -24,7 +24,9 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 """Service names: a DNS-1035 label (starts with a letter)."""
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 """Label and taint keys: an optional DNS-subdomain prefix and a name of letters, digits, `-_.`."""
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 ABSOLUTE_PATH = r"^/[^:]*$"
@@ -202,9 +204,7 @@ class ModelCacheSpec(Strict):
     ~41 GB base model and the judge are fetched once per cluster, not once per pod and attempt."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
-            [("has(self.claimName) != has(self.volume)", "set exactly one of claimName or volume")]
-        )
+        json_schema_extra=_cel([("has(self.claimName) != has(self.volume)", "set exactly one of claimName or volume")])
     )
 
     claim_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)

@@ -144,7 +144,11 @@ def default_requests(gpus: int, shared_cache: bool) -> dict[str, str]:
     """Requests for keys the user left out: enough that a GPU pod is never BestEffort and the
     scheduler accounts for the disk a per-pod model download fills (~41 GB base model)."""
     if gpus > 0:
-        return {"cpu": str(4 * gpus), "memory": f"{32 * gpus}Gi", "ephemeral-storage": "20Gi" if shared_cache else "100Gi"}
+        return {
+            "cpu": str(4 * gpus),
+            "memory": f"{32 * gpus}Gi",
+            "ephemeral-storage": "20Gi" if shared_cache else "100Gi",
+        }
     return {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "2Gi" if shared_cache else "4Gi"}
 
 
@@ -190,7 +194,8 @@ def job_disrupted(job: Obj | None) -> bool:
     """The Job failed because the disruption rule of `pod_failure_policy` matched (the Job
     controller's Failed condition: reason PodFailurePolicy, message naming the pod condition)."""
     for cond in ((job or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
+        # FailureTarget (Kubernetes >= 1.31) comes first and carries the same reason and message.
+        if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
             return cond.get("reason") == "PodFailurePolicy" and DISRUPTION_CONDITION in (cond.get("message") or "")
     return False
 
