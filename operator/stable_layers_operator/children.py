@@ -382,6 +382,16 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's run.yaml) as readable `|` blocks."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+
+
 def dump(objects: list[Obj]) -> str:
     """Objects as one multi-document YAML stream."""
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)

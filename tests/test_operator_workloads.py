@@ -1,0 +1,429 @@
+"""Workloads a real cluster can run: `render`, admission that matches the API server (schema and
+CEL, evaluated here with a CEL library), Pod Security `restricted`, the model cache, pass-through
+env and volumes, the Job failure policy, the judge following its spec and Kueue queueing."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from test_operator_children import FakeCluster, reconcile, run_body
+
+from stable_layers_operator import children as ch
+from stable_layers_operator import judge as jd
+from stable_layers_operator import render as rd
+from stable_layers_operator import workload as wl
+from stable_layers_operator.crd import build_crd
+from stable_layers_operator.resource import parse_run
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = {p.name: p for p in sorted((ROOT / "manifests/examples").glob("*.yaml"))}
+
+
+def document(name: str) -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLES[name].read_text())
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Job", "Deployment")}
+
+
+# ---------------------------------------------------------------- Pod Security "restricted"
+
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The Pod Security Standards' `restricted` profile (kubernetes.io/docs/concepts/security/
+    pod-security-standards/), baseline controls included, for one pod spec."""
+    bad: list[str] = []
+    psc = pod.get("securityContext") or {}
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(host):
+            bad.append(f"{host} is true")
+    for v in pod.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            bad.append(f"volume {v['name']} has type {sorted(kinds - RESTRICTED_VOLUMES)}")
+    if psc.get("runAsUser") == 0:
+        bad.append("pod runAsUser is 0")
+    for key in ("seLinuxOptions",):
+        if (psc.get(key) or {}).get("user") or (psc.get(key) or {}).get("role"):
+            bad.append(f"pod {key} sets user/role")
+    if psc.get("sysctls"):
+        bad.append("pod sets sysctls")
+    if (psc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        bad.append("pod AppArmor Unconfined")
+    containers = [*(pod.get("initContainers") or []), *pod["containers"]]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root is not True:
+            bad.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runAsUser is 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is {seccomp}")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            bad.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities {caps['add']}")
+        if sc.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                bad.append(f"{name}: hostPort {port['hostPort']}")
+    return bad
+
+
+def test_the_restricted_check_catches_what_the_standard_forbids() -> None:
+    pod = {"containers": [{"name": "c", "securityContext": {"privileged": True}}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}  # fmt: skip
+    found = restricted_violations(pod)
+    assert any("hostPath" in m for m in found) and any("privileged" in m for m in found)
+    assert any("runAsNonRoot" in m for m in found) and any("seccompProfile" in m for m in found)
+
+
+# ---------------------------------------------------------------- render
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_render_prints_valid_restricted_objects(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", str(EXAMPLES[name]), "--namespace", "ml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+        assert obj["metadata"]["namespace"] == "ml"
+    kinds = [o["kind"] for o in objects]
+    run = document(name)["metadata"]["name"]
+    if name == "run.yaml":
+        assert kinds == ["ConfigMap", "Service", "Deployment", "Service", "Job", "Job"]
+    else:
+        assert kinds == ["ConfigMap", "Service", "Job", "Job"]
+    pods = pod_specs(objects)
+    for job in (
+        f"{run}-trainer-0",
+        f"{run}-eval-{ch.evaluation_settings(rd.validate(document(name), name)[1])[0]:06d}",
+    ):
+        assert restricted_violations(pods[job]) == [], job
+        for c in pods[job]["containers"]:
+            requests = c["resources"]["requests"]
+            assert {"cpu", "memory", "ephemeral-storage"} <= set(requests), "never BestEffort"
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            mounts = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+            assert {"/tmp", "/dev/shm", wl.cache_dir(parse_run(document(name)["spec"]))} <= mounts
+
+
+def test_render_is_what_the_reconciler_creates() -> None:
+    for name in EXAMPLES:
+        spec = document(name)["spec"]
+        cluster = FakeCluster()
+        status: dict[str, Any] | None = None
+        for _ in range(2):  # the judge, once ready, lets the second pass create the trainer
+            status = reconcile(cluster, spec, status).status
+            if (dep := cluster.objects.get(("Deployment", "demo-judge"))) is not None:
+                dep["status"] = {"readyReplicas": 1}
+        rendered = {(o["kind"], o["metadata"]["name"]): o for o in rd.render(run_body(spec))}
+        created = {k: {kk: vv for kk, vv in v.items() if kk != "status"} for k, v in cluster.objects.items()}
+        assert set(rendered) - set(created) == {k for k in rendered if "-eval-" in k[1]}, name
+        assert created == {k: v for k, v in rendered.items() if k in created}, name
+
+
+def test_render_refuses_a_bad_run_with_the_field_and_prints_nothing(tmp_path: Path) -> None:
+    doc = document("run.yaml")
+    doc["metadata"]["name"] = "Big_Run"
+    doc["spec"]["judge"]["model"] = ""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "metadata.name must be a DNS-1035 label" in result.stderr
+    doc["metadata"]["name"] = "ok"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{path}: spec.judge.model: String should have at least 1 character" in result.stderr
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod"}))
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "expected apiVersion stablelayers.io/v1alpha1" in result.stderr
+
+
+# ---------------------------------------------------------------- admission: schema + CEL like the API server
+
+
+def crd_schema() -> dict[str, Any]:
+    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+CEL = celpy.Environment()
+
+
+def cel_violations(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Evaluate every `x-kubernetes-validations` rule (except transition rules, which need oldSelf)
+    at every node of `value`, as the API server does on create."""
+    found: list[str] = []
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue
+        program = CEL.program(CEL.compile(rule["rule"]))
+        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            found.append(f"{path or '<root>'}: {rule['message']}")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            props = schema.get("properties") or {}
+            child = props.get(key) or (schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None)  # fmt: skip
+            if child is not None:
+                found += cel_violations(child, sub, f"{path}.{key}" if path else key)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            found += cel_violations(schema["items"], sub, f"{path}[{i}]")
+    return found
+
+
+def admission_errors(obj: dict[str, Any]) -> list[str]:
+    """What the API server would answer: structural schema errors (draft 4) and CEL failures."""
+    schema = crd_schema()
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft4Validator(schema).iter_errors(obj)
+    ]
+    return errors + cel_violations(schema, obj)
+
+
+def test_examples_pass_admission() -> None:
+    for name in EXAMPLES:
+        assert admission_errors(document(name)) == [], name
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        obj = obj.setdefault(key, {})
+    obj[last] = value
+
+
+BAD = [
+    ("metadata.name", "1run", "metadata.name", "DNS-1035"),
+    ("metadata.name", "my_run", "metadata.name", "DNS-1035"),
+    ("metadata.name", "a" * 41, "metadata.name", "at most 40"),
+    ("spec.trainer.resources.requests", {"memory": "800 GB"}, "spec.trainer.resources.requests.memory", "pattern"),
+    ("spec.trainer.resources.limits", {"memory": "64GB"}, "spec.trainer.resources.limits.memory", "pattern"),
+    ("spec.judge.resources.requests", {"cpu": "lots"}, "spec.judge.resources.requests.cpu", "pattern"),
+    ("spec.trainer.shmSize", "64GB", "spec.trainer.shmSize", "pattern"),
+    (
+        "spec.trainer.tolerations",
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "value": "present", "effect": "NoSchedule"}],
+        "spec.trainer.tolerations[0]",
+        "operator Exists takes no value",
+    ),
+    (
+        "spec.judge.tolerations",
+        [{"key": "spot", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}],
+        "spec.judge.tolerations[0]",
+        "tolerationSeconds only applies to effect NoExecute",
+    ),
+    ("spec.trainer.tolerations", [{"value": "x"}], "spec.trainer.tolerations[0]", "without a key must use operator Exists"),
+    ("spec.judge.model", "", "spec.judge.model", "at least 1"),
+    ("spec.images.worker", "", "spec.images.worker", "at least 1"),
+    ("spec.images.pullSecrets", [""], "spec.images.pullSecrets[0]", "at least 1"),
+    ("spec.trainer.serviceAccount", "", "spec.trainer.serviceAccount", "at least 1"),
+    ("spec.modelCache", {"mountPath": "/cache"}, "spec.modelCache", "exactly one of claimName or volume"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "field", "text"), BAD, ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+def test_bad_runs_are_refused_by_admission_and_by_render(path: str, value: Any, field: str, text: str) -> None:
+    doc = copy.deepcopy(document("run.yaml"))
+    _set(doc, path, value)
+    errors = admission_errors(doc)
+    schema_path = field.replace("[", ".").replace("]", "")
+    # Root-level CEL rules (the name) report at the root; their message names the field.
+    assert any(e.startswith((schema_path, field)) or field in e for e in errors), errors
+    with pytest.raises(rd.RenderError) as err:
+        rd.render(doc, source="run.yaml")
+    message = str(err.value)
+    assert field.removeprefix("spec.").split("[")[0] in message or field in message, message
+    words = {"pattern": "should match pattern", "at least 1": "at least 1 character"}
+    assert words.get(text, text) in message or (text == "pattern" and "pattern" in message), message
+
+
+def test_the_standard_toleration_renders_valid_with_the_equal_default() -> None:
+    doc = document("run.yaml")
+    doc["spec"]["trainer"]["tolerations"] = [{"key": "gpu", "value": "h100", "effect": "NoSchedule"}]
+    assert admission_errors(doc) == []
+    job = next(o for o in rd.render(doc) if o["kind"] == "Job")
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    assert job["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "gpu", "operator": "Equal", "value": "h100", "effect": "NoSchedule"}
+    ]
+
+
+# ---------------------------------------------------------------- weights, data, env
+
+
+def test_the_model_cache_token_and_data_reach_every_pod() -> None:
+    doc = document("run.yaml")
+    objects = rd.render(doc)
+    pods = pod_specs(objects)
+    assert set(pods) == {"qil-flowgrpo-judge", "qil-flowgrpo-trainer-0", "qil-flowgrpo-eval-000100"}
+    for name, pod in pods.items():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "model-cache", name
+        container = pod["containers"][0]
+        env = {v["name"]: v for v in container["env"]}
+        assert env["HF_HOME"]["value"] == "/var/cache/stable-layers/huggingface", name
+        assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}, name
+        assert {"name": "model-cache", "mountPath": "/var/cache/stable-layers"} in container["volumeMounts"]
+        assert len(env) == len(container["env"]), "no duplicate env names"
+    judge = pods["qil-flowgrpo-judge"]["containers"][0]
+    assert judge["args"][judge["args"].index("--download-dir") + 1] == "/var/cache/stable-layers/huggingface/hub"
+    evaluation = pods["qil-flowgrpo-eval-000100"]
+    data = parse_run(doc["spec"]).evaluation.data
+    mount = next(m for m in evaluation["containers"][0]["volumeMounts"] if m["name"] == "crello")
+    assert data == f"crello:{mount['mountPath']}" and mount["readOnly"] is True
+    assert (
+        next(v for v in evaluation["volumes"] if v["name"] == "crello")["persistentVolumeClaim"]["claimName"]
+        == "crello"
+    )
+    trainer_env = {v["name"]: v.get("value") for v in pods["qil-flowgrpo-trainer-0"]["containers"][0]["env"]}
+    assert trainer_env["NCCL_DEBUG"] == "WARN"
+
+
+def test_user_env_replaces_the_operators_and_mounts_must_name_volumes() -> None:
+    doc = document("run-tiny.yaml")
+    doc["spec"]["trainer"]["env"] = [{"name": "HF_HOME", "value": "/elsewhere"}]
+    job = next(o for o in rd.render(doc) if o["kind"] == "Job")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [v["value"] for v in env if v["name"] == "HF_HOME"] == ["/elsewhere"]
+    doc["spec"]["trainer"]["extraVolumeMounts"] = [{"name": "nope", "mountPath": "/x"}]
+    with pytest.raises(rd.RenderError, match=r"spec\.trainer: .*extraVolumeMounts: \['nope'\] name no volume"):
+        rd.render(doc)
+    doc["spec"]["trainer"].pop("extraVolumeMounts")
+    doc["spec"]["trainer"]["extraVolumes"] = [{"name": "tmp", "emptyDir": {}}]
+    with pytest.raises(rd.RenderError, match="the operator's own volume names"):
+        rd.render(doc)
+
+
+def test_requests_default_per_key_and_never_exceed_a_limit() -> None:
+    spec = parse_run({"storage": {"uri": "s3://bucket/x"}, "trainer": {"resources": {"limits": {"memory": "8Gi"}}}})
+    res = ch.trainer_job(spec, ch.Owner("r", "ml", "u"), 0)["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "32", "ephemeral-storage": "100Gi", "nvidia.com/gpu": "8"}
+    assert res["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "8"}
+
+
+def test_judge_security_defaults_and_the_restricted_override() -> None:
+    doc = document("run.yaml")
+    judge = pod_specs(rd.render(doc))["qil-flowgrpo-judge"]
+    # vLLM's image runs as root: by default only runAsNonRoot is missing from `restricted`.
+    assert [v for v in restricted_violations(judge)] == ["vllm: runAsNonRoot is not true"]
+    doc["spec"]["judge"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532}
+    judge = pod_specs(rd.render(doc))["qil-flowgrpo-judge"]
+    assert restricted_violations(judge) == []
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert judge["containers"][0][probe]["timeoutSeconds"] >= 5
+
+
+# ---------------------------------------------------------------- Jobs: failure policy, disruptions, queueing
+
+
+def test_jobs_carry_the_pod_failure_policy() -> None:
+    objects = rd.render(document("run.yaml"))
+    trainer, evaluation = [o for o in objects if o["kind"] == "Job"]
+    rules = trainer["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
+    assert evaluation["spec"]["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
+    assert trainer["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+def disrupted_job_status(pod: str) -> dict[str, Any]:
+    """What the Job controller writes when a FailJob rule on DisruptionTarget matches."""
+    message = f"Pod ml/{pod} has condition DisruptionTarget matching FailJob rule at index 0"
+    return {
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy", "message": message},
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message},
+        ]
+    }
+
+
+def test_a_disrupted_trainer_restarts_without_using_the_backoff_limit() -> None:
+    cluster = FakeCluster()
+    spec = {"storage": {"uri": "s3://bucket/demo"}, "backoffLimit": 0}
+    status = reconcile(cluster, spec, None).status
+    for attempt in range(3):  # more disruptions than backoffLimit allows failures
+        cluster.objects[("Job", f"demo-trainer-{attempt}")]["status"] = disrupted_job_status(
+            f"demo-trainer-{attempt}-0"
+        )
+        status = reconcile(cluster, spec, status).status
+        assert status["phase"] == "Training" and status["restarts"] == 0 and status["disruptions"] == attempt + 1
+        assert ("Job", f"demo-trainer-{attempt + 1}") in cluster.objects
+    training = next(c for c in status["conditions"] if c["type"] == "Training")
+    assert training["reason"] == "Disrupted" and "not counted" in training["message"]
+    cluster.fail("demo-trainer-3")  # a real failure still counts
+    assert reconcile(cluster, spec, status).status["phase"] == "Failed"
+
+
+def test_queued_jobs_are_created_suspended_with_the_kueue_label() -> None:
+    cluster = FakeCluster()
+    spec = {"storage": {"uri": "s3://bucket/demo"}, "queueName": "gpu-queue"}
+    out = reconcile(cluster, spec, None)
+    job = cluster.objects[("Job", "demo-trainer-0")]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][wl.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert out.status["phase"] == "Queued" and "gpu-queue" in out.status["message"]
+    job["spec"]["suspend"] = False  # Kueue admits the gang
+    assert reconcile(cluster, spec, out.status).status["phase"] == "Training"
+    evaluation = ch.evaluation_settings(parse_run({**spec, "evaluation": {"data": "synthetic:heldout"}}))
+    assert evaluation[1] == "synthetic:heldout"
+
+
+# ---------------------------------------------------------------- the judge follows its spec
+
+
+def test_judge_patch_carries_exactly_the_change() -> None:
+    owner = ch.Owner("demo", "ml", "u")
+    spec = parse_run(document("run.yaml")["spec"])
+    live = jd.judge_deployment(spec, owner)
+    assert jd.judge_patch(live, jd.judge_deployment(spec, owner)) is None
+    # The API server's defaults in the live object do not cause a patch.
+    defaulted = copy.deepcopy(live)
+    defaulted["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    assert jd.judge_patch(defaulted, jd.judge_deployment(spec, owner)) is None
+    changed = parse_run(
+        {**document("run.yaml")["spec"], "judge": {"replicas": 3, "image": "vllm/vllm-openai:v9", "nodeSelector": {}}}
+    )
+    patch = jd.judge_patch(defaulted, jd.judge_deployment(changed, owner))
+    assert patch is not None and patch["spec"]["replicas"] == 3
+    container = patch["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "vllm/vllm-openai:v9"
+    assert patch["spec"]["template"]["spec"]["tolerations"] is None  # removed from the spec → removed live
+    assert patch["spec"]["template"]["spec"]["dnsPolicy"] is None  # re-defaulted by the server: same value
+    assert "selector" not in patch["spec"]
