@@ -359,7 +359,7 @@ def test_jobs_carry_the_pod_failure_policy() -> None:
     trainer, evaluation = [o for o in objects if o["kind"] == "Job"]
     rules = trainer["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
+    assert len(rules) == 1  # every other failure counts as usual
     assert evaluation["spec"]["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
     assert trainer["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
 

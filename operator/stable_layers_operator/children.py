@@ -367,7 +367,7 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
             "backoffLimit": 0,
             # A disrupted rank fails the whole Job at once (its peers would hang in collectives);
             # the operator restarts it from the newest checkpoint without counting a failure.
-            "podFailurePolicy": wl.pod_failure_policy("trainer", "FailJob"),
+            "podFailurePolicy": wl.pod_failure_policy("FailJob"),
             "template": {
                 "metadata": {
                     "labels": {**labels(owner.name, "trainer"), **extra},

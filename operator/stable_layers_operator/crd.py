@@ -226,6 +226,13 @@ def build_crd() -> dict[str, Any]:
                             "description": "mean within-group reward std",
                         },
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+                        {
+                            "name": "Disruptions",
+                            "type": "integer",
+                            "jsonPath": ".status.disruptions",
+                            "priority": 1,
+                            "description": "trainer restarts after evicted pods (not counted against backoffLimit)",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},

@@ -85,7 +85,7 @@ def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
             **job_spec_extras(spec),
             "backoffLimit": spec.evaluation.backoff_limit,
             # An evicted evaluation pod is replaced without using up a retry.
-            "podFailurePolicy": wl.pod_failure_policy("eval", "Ignore"),
+            "podFailurePolicy": wl.pod_failure_policy("Ignore"),
             "template": {"metadata": {"labels": {**labels(owner.name, "eval"), **extra}}, "spec": pod},
         },
     }

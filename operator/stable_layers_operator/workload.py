@@ -19,8 +19,6 @@ TMP_DIR = "/tmp"
 EMPTY_CACHE_DIR = "/var/cache/stable-layers"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DISRUPTION_CONDITION = "DisruptionTarget"
-USER_ERROR_EXIT_CODE = 2
-"""What `stable-layers` exits with on a bad spec, data or checkpoint: retrying cannot help."""
 
 
 # ---------------------------------------------------------------- security
@@ -174,20 +172,13 @@ def resources_for(res: ResourceRequirements, gpus: int, defaults: dict[str, str]
 # ---------------------------------------------------------------- Jobs: disruptions and queueing
 
 
-def pod_failure_policy(container: str, disrupted: str) -> Obj:
+def pod_failure_policy(disrupted: str) -> Obj:
     """`disrupted` is what a pod evicted by a drain, preemption or spot reclaim does: `FailJob` for
     the trainer (its ranks restart together, from the newest checkpoint, uncounted) or `Ignore` for
     an evaluation (the Job controller replaces the pod without counting it against backoffLimit).
-    A user error (exit code 2) fails the Job at once: a retry cannot fix a bad spec."""
-    return {
-        "rules": [
-            {"action": disrupted, "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]},
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": container, "operator": "In", "values": [USER_ERROR_EXIT_CODE]},
-            },
-        ]
-    }
+    Exit codes get no rule: the workers exit 2 for a bad spec but also for a storage error, which a
+    retry may well fix."""
+    return {"rules": [{"action": disrupted, "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]}]}
 
 
 def job_disrupted(job: Obj | None) -> bool:
