@@ -251,6 +251,12 @@ BAD = [
         "tolerationSeconds only applies to effect NoExecute",
     ),
     ("spec.trainer.tolerations", [{"value": "x"}], "spec.trainer.tolerations[0]", "without a key must use operator Exists"),
+    (
+        "spec.trainer.tolerations",
+        [{"key": "gpu", "value": "h100 sxm", "effect": "NoSchedule"}],
+        "spec.trainer.tolerations[0].value",
+        "pattern",
+    ),
     ("spec.judge.model", "", "spec.judge.model", "at least 1"),
     ("spec.images.worker", "", "spec.images.worker", "at least 1"),
     ("spec.images.pullSecrets", [""], "spec.images.pullSecrets[0]", "at least 1"),

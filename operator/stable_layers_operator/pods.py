@@ -28,6 +28,7 @@ QUALIFIED_NAME = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 """Label and taint keys: an optional DNS-subdomain prefix and a name of letters, digits, `-_.`."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 ABSOLUTE_PATH = r"^/[^:]*$"
 
@@ -80,8 +81,8 @@ class Toleration(Strict):
     operator: Literal["Exists", "Equal"] = "Equal"
     """`Equal` (the taint's value must be `value`) or `Exists` (any value; then no `value`).
     Default Equal, as in a Pod."""
-    value: str | None = Field(None, max_length=63)
-    """Taint value for operator Equal."""
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE)
+    """Taint value for operator Equal (a label value)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate; empty tolerates all effects."""
     toleration_seconds: int | None = Field(None, ge=0)
