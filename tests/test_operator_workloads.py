@@ -407,8 +407,15 @@ def test_queued_jobs_are_created_suspended_with_the_kueue_label() -> None:
     assert out.status["phase"] == "Queued" and "gpu-queue" in out.status["message"]
     job["spec"]["suspend"] = False  # Kueue admits the gang
     assert reconcile(cluster, spec, out.status).status["phase"] == "Training"
-    evaluation = ch.evaluation_settings(parse_run({**spec, "evaluation": {"data": "synthetic:heldout"}}))
-    assert evaluation[1] == "synthetic:heldout"
+    queued_eval = next(
+        o
+        for o in rd.render(run_body({**spec, "evaluation": {"data": "synthetic:heldout"}}))
+        if "-eval-" in o["metadata"]["name"]
+    )
+    assert queued_eval["spec"]["suspend"] is True
+    assert queued_eval["metadata"]["labels"][wl.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    unqueued = rd.render(run_body({"storage": {"uri": "s3://bucket/demo"}}))
+    assert all("suspend" not in o["spec"] for o in unqueued if o["kind"] == "Job")
 
 
 # ---------------------------------------------------------------- the judge follows its spec
