@@ -151,6 +151,21 @@ def test_render_is_what_the_reconciler_creates() -> None:
         assert created == {k: v for k, v in rendered.items() if k in created}, name
 
 
+def test_render_of_a_live_run_uses_its_uid_and_attempt() -> None:
+    live = {**document("run-tiny.yaml"), "status": {"attempt": 3, "phase": "Training"}}
+    live["metadata"] = {**live["metadata"], "namespace": "ml", "uid": "abc-123"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", "-"],
+        input=yaml.safe_dump(live),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    assert {o["metadata"]["ownerReferences"][0]["uid"] for o in objects} == {"abc-123"}
+    assert "tiny-smoke-trainer-3" in {o["metadata"]["name"] for o in objects}
+
+
 def test_render_refuses_a_bad_run_with_the_field_and_prints_nothing(tmp_path: Path) -> None:
     doc = document("run.yaml")
     doc["metadata"]["name"] = "Big_Run"

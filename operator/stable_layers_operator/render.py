@@ -27,8 +27,10 @@ class RenderError(ValueError):
 
 
 def load_document(path: Path) -> Obj:
+    """The run document at `path`; `-` reads standard input (`kubectl get slr NAME -o yaml | …`)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise RenderError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -77,19 +79,27 @@ def render(body: Obj, *, step: int | None = None, attempt: int = 0, source: str 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stable-layers-operator render", description=__doc__)
-    p.add_argument("run", type=Path, help="a StableLayersRun YAML file (what kubectl apply -f takes)")
+    p.add_argument(
+        "run", type=Path, help="a StableLayersRun YAML file (what kubectl apply -f takes), or - for standard input"
+    )
     p.add_argument("--step", type=int, default=None, help="render the evaluation Job of this checkpoint step")
-    p.add_argument("--attempt", type=int, default=0, help="trainer attempt (the Job is <run>-trainer-<attempt>)")
+    p.add_argument(
+        "--attempt",
+        type=int,
+        default=None,
+        help="trainer attempt (the Job is <run>-trainer-<attempt>); default: status.attempt of a live run, else 0",
+    )
     p.add_argument("--namespace", default=None, help="namespace of the run (default: metadata.namespace, else default)")
     args = p.parse_args(argv)
-    if (args.step is not None and args.step < 1) or args.attempt < 0:
+    if (args.step is not None and args.step < 1) or (args.attempt is not None and args.attempt < 0):
         print("error: --step must be >= 1 and --attempt >= 0", file=sys.stderr)
         return 2
     try:
         body = load_document(args.run)
         if args.namespace:
             body.setdefault("metadata", {})["namespace"] = args.namespace
-        objects = render(body, step=args.step, attempt=args.attempt, source=str(args.run))
+        attempt = args.attempt if args.attempt is not None else int((body.get("status") or {}).get("attempt") or 0)
+        objects = render(body, step=args.step, attempt=attempt, source=str(args.run))
     except RenderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
