@@ -168,7 +168,7 @@ class PodExtras(Strict):
     """Mounts of `extraVolumes` in the container."""
     security_context: dict[str, Any] | None = None
     """Pod `securityContext` keys that replace the operator's secure defaults (docs/cluster.md,
-    "Pod security"), e.g. `{runAsUser: 1000, fsGroup: 1000}`."""
+    "A restricted namespace"), e.g. `{runAsUser: 1000, fsGroup: 1000}`."""
     container_security_context: dict[str, Any] | None = None
     """Container `securityContext` keys that replace the secure defaults, e.g.
     `{readOnlyRootFilesystem: false}`."""
