@@ -16,6 +16,7 @@ import yaml
 from test_operator_children import FakeCluster, reconcile, run_body
 
 from stable_layers_operator import children as ch
+from stable_layers_operator import evaluation as ev
 from stable_layers_operator import judge as jd
 from stable_layers_operator import render as rd
 from stable_layers_operator import workload as wl
@@ -217,6 +218,20 @@ def test_the_model_cache_token_and_data_reach_every_pod() -> None:
     )
     trainer_env = {v["name"]: v.get("value") for v in pods["qil-flowgrpo-trainer-0"]["containers"][0]["env"]}
     assert trainer_env["NCCL_DEBUG"] == "WARN"
+
+
+def test_render_warns_when_the_evaluation_data_is_mounted_by_nothing(tmp_path: Path) -> None:
+    doc = document("run.yaml")
+    assert ev.unmounted_data(parse_run(doc["spec"])) is None
+    doc["spec"]["evaluation"].pop("extraVolumeMounts")
+    doc["spec"]["evaluation"].pop("extraVolumes")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_layers_operator", "render", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "kind: Job" in result.stdout
+    assert "warning:" in result.stderr and "/data/crello is inside no volume of the evaluation pods" in result.stderr
 
 
 def test_user_env_replaces_the_operators_and_mounts_must_name_volumes() -> None:

@@ -91,6 +91,22 @@ def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
     }
 
 
+def unmounted_data(spec: StableLayersRunSpec) -> str | None:
+    """A warning when the evaluation data is an absolute `crello:` path inside no volume of the
+    evaluation pods (the pods would only find it if the image itself carried it)."""
+    _, data = evaluation_settings(spec)
+    kind, _, path = (data or "").partition(":")
+    if kind != "crello" or not path.startswith("/"):
+        return None
+    mounts = [m.mount_path for m in spec.evaluation.extra_volume_mounts] + [wl.cache_dir(spec)]
+    if any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+        return None
+    return (
+        f"evaluation data {data}: {path} is inside no volume of the evaluation pods, so every evaluation Job "
+        "fails unless the worker image holds it; mount it with spec.evaluation.extraVolumes/extraVolumeMounts"
+    )
+
+
 def report_key(step: int) -> str:
     """Key of an evaluation's report.json relative to the run URI."""
     return f"{EVAL}/{step_name(step)}/report.json"

@@ -103,5 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    warning = ev.unmounted_data(validate(body, str(args.run))[1])
+    if warning:
+        print(f"warning: {args.run}: {warning}", file=sys.stderr)
     sys.stdout.write(ch.dump(objects))
     return 0
