@@ -266,6 +266,8 @@ def test_judge_security_defaults_and_the_restricted_override() -> None:
     assert restricted_violations(judge) == []
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert judge["containers"][0][probe]["timeoutSeconds"] >= 5
+    requests = judge["containers"][0]["resources"]["requests"]
+    assert requests == {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "20Gi", "nvidia.com/gpu": "1"}
 
 
 # ---------------------------------------------------------------- Jobs: failure policy, disruptions, queueing
