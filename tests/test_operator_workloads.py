@@ -353,3 +353,18 @@ def test_judge_patch_carries_exactly_the_change() -> None:
     assert patch["spec"]["template"]["spec"]["tolerations"] is None  # removed from the spec → removed live
     assert patch["spec"]["template"]["spec"]["dnsPolicy"] is None  # re-defaulted by the server: same value
     assert "selector" not in patch["spec"]
+
+
+def test_the_queued_phase_gauge_returns_to_zero() -> None:
+    from stable_layers_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+
+    def runs(phase: str) -> float | None:
+        return metrics.registry.get_sample_value("stablelayers_operator_runs", {"phase": phase})
+
+    assert runs("Queued") == 0
+    metrics.observe_phase("ml", "demo", "Queued")
+    assert runs("Queued") == 1
+    metrics.observe_phase("ml", "demo", "Training")
+    assert runs("Queued") == 0 and runs("Training") == 1
