@@ -81,12 +81,16 @@ def test_trainer_process_matches_the_entry_point_contract() -> None:
         "stable-layers", "train", "/etc/stable-layers/run.yaml", "--out", "s3://stable-layers-runs/qil-flowgrpo",
         "--resume", "--nproc-per-node", "8", "--metrics-port", "9400",
     ]  # fmt: skip
-    secrets = {"s3-credentials": {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}}
+    secrets = {
+        "s3-credentials": {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"},
+        "hf-token": {"HF_TOKEN": "hf_x"},
+    }
     for index in (0, 1):
         env = ch.resolve_env(proc.env, completion_index=index, secrets=secrets)
         assert env["NODE_RANK"] == str(index) and env["NNODES"] == "2"
         assert env["MASTER_ADDR"] == "demo-trainer-1-0.demo-trainer" and env["MASTER_PORT"] == "29500"
         assert env["AWS_ACCESS_KEY_ID"] == "AK" and env["AWS_SECRET_ACCESS_KEY"] == "SK"
+        assert env["HF_TOKEN"] == "hf_x" and env["HF_HOME"] == "/var/cache/stable-layers/huggingface"
     # Keys come from the Secret, never inline.
     assert all("value" not in v for v in proc.env if v["name"].startswith("AWS_SECRET"))
     tiny = parse_run(example("run-tiny.yaml")["spec"])
@@ -159,6 +163,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.created: list[str] = []
         self.deleted: list[str] = []
+        self.patched: list[str] = []
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, name))
@@ -173,6 +178,9 @@ class FakeCluster:
 
     def replace_data(self, obj: dict[str, Any]) -> None:
         self.objects[(obj["kind"], obj["metadata"]["name"])]["data"] = obj["data"]
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patched.append(f"{kind}/{name}")
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         self.deleted.append(f"{kind}/{name}")

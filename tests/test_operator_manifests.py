@@ -168,7 +168,7 @@ def test_rbac_is_least_privilege_and_covers_every_call() -> None:
     used = set()
     for kind, (api, noun) in kube._PATHS.items():
         verbs = ["get"] if kind == "Secret" else ["get", "create"]
-        verbs += {"ConfigMap": ["patch"], "Secret": []}.get(kind, ["delete"])
+        verbs += {"ConfigMap": ["patch"], "Secret": [], "Deployment": ["patch", "delete"]}.get(kind, ["delete"])
         used |= {(groups[api], plural[noun], v) for v in verbs}
     used |= {("stablelayers.io", "stablelayersruns", v) for v in ("get", "list", "watch", "patch", "delete")}
     used |= {("stablelayers.io", "stablelayersruns/status", v) for v in ("get", "patch")}

@@ -7,6 +7,9 @@ way the kubelet would (completion index, Secret keys), and runs them as processe
 then read what the workers wrote (progress.json, COMMITTED checkpoints, report.json) and finish the
 run. So the commands, env names and S3 layout of operator and workers provably agree.
 
+The weights come from the model cache only (a read-only cache filled beforehand, mounted at a real
+local directory, so HF_HOME needs no substitution; the same pod without it cannot load the model).
+
 Local substitutions, and only these: the ConfigMap's run.yaml is written to a temp file instead of
 being mounted at /etc/stable-layers, `stable-layers` is `python -m stable_layers.cli`, and
 MASTER_ADDR/MASTER_PORT point at 127.0.0.1 and a free port (cluster DNS of the headless Service
@@ -16,6 +19,7 @@ does not exist here).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +39,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.system]
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "system-runs"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+CACHED_REPO = "stable-layers-test/tiny-cached"
+
+
+def fill_hub_cache(hf_home: Path, repo: str) -> None:
+    """The tiny pipeline in the Hugging Face hub cache layout, as a first download would leave it."""
+    from stable_layers.policy import TINY_ASSETS
+
+    revision = "0" * 40
+    root = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(revision)
+    shutil.copytree(TINY_ASSETS, root / "snapshots" / revision)
 
 
 def free_port() -> int:
@@ -81,6 +99,13 @@ def test_generated_trainer_and_eval_pods_run_and_the_operator_follows(moto_endpo
     spec["trainer"]["nodes"] = 2
     spec["evaluation"] = {"everySteps": 0, "data": "synthetic:heldout"}
     spec["storage"] = {"uri": f"s3://{BUCKET}/tiny", "endpoint": moto_endpoint, "secretRef": {"name": "s3-keys"}}
+    # The weights come from the model cache only: a hub id that exists nowhere but in a cache
+    # filled beforehand, mounted read-only (so HF_HUB_OFFLINE=1). The mount path is a real local
+    # directory, so the pods' HF_HOME needs no substitution.
+    cache = tmp_path / "cache"
+    fill_hub_cache(cache / "huggingface", CACHED_REPO)
+    spec["modelCache"] = {"claimName": "model-cache", "mountPath": str(cache), "readOnly": True}
+    spec["run"]["model"] = {"base": CACHED_REPO, "dtype": "float32", "device": "cpu", "gradientCheckpointing": False}
 
     cluster = EmulatedCluster(interval=0.3, wait_delay=0.3).start()
     try:
@@ -94,6 +119,16 @@ def test_generated_trainer_and_eval_pods_run_and_the_operator_follows(moto_endpo
         trainers = [pod_process(job, index, run_file, local) for index in range(2)]
         assert [env["NODE_RANK"] for _, env in trainers] == ["0", "1"] and trainers[0][1]["NNODES"] == "2"
         assert trainers[0][1]["AWS_ENDPOINT_URL"] == moto_endpoint
+        assert trainers[0][1]["HF_HOME"] == f"{cache}/huggingface" and trainers[0][1]["HF_HUB_OFFLINE"] == "1"
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache", "readOnly": True}
+        # Without the cache's environment the same pod cannot find the weights at all.
+        command, env = trainers[0]
+        empty = {**env, "HF_HOME": str(tmp_path / "empty"), "NNODES": "1"}
+        no_cache = subprocess.run(command, env=empty, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert no_cache.returncode == 2 and f"cannot load a QwenImageLayeredPipeline from '{CACHED_REPO}'" in (
+            no_cache.stdout + no_cache.stderr
+        )
         run_all(trainers, tmp_path)
         cluster.set_job_state("tiny-trainer-0", "Complete")
 

@@ -13,7 +13,10 @@ from typing import Any
 import yaml
 
 from stable_layers.spec import RunSpec
+from stable_layers_operator import workload as wl
+from stable_layers_operator.pods import PodExtras
 from stable_layers_operator.resource import API_VERSION, KIND, StableLayersRunSpec
+from stable_layers_operator.workload import resources_for
 
 CONFIG_DIR = "/etc/stable-layers"
 RUN_FILE = f"{CONFIG_DIR}/run.yaml"
@@ -150,21 +153,6 @@ def config_map(spec: StableLayersRunSpec, owner: Owner) -> Obj:
 # ---------------------------------------------------------------- shared pod pieces
 
 
-def resources_for(res: Any, gpus: int) -> Obj:
-    requests = dict(res.requests)
-    limits = dict(res.limits)
-    if gpus > 0:
-        # Extended resources must have requests == limits; setting both says so explicitly.
-        requests["nvidia.com/gpu"] = str(gpus)
-        limits["nvidia.com/gpu"] = str(gpus)
-    out: Obj = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
 def tolerations(items: list[Any]) -> list[Obj]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
 
@@ -192,25 +180,51 @@ def storage_env(spec: StableLayersRunSpec) -> list[Obj]:
     return env
 
 
-def worker_volumes(spec: StableLayersRunSpec, names: Names) -> tuple[list[Obj], list[Obj]]:
+def worker_volumes(spec: StableLayersRunSpec, names: Names, extra: PodExtras) -> tuple[list[Obj], list[Obj]]:
+    """The run file, shared memory, the writable /tmp and model cache (the root filesystem is
+    read-only), then the component's `extraVolumes`."""
+    cache, cache_mount = wl.cache_volume(spec)
+    tmp, tmp_mount = wl.tmp_volume()
     volumes = [
         {"name": "run-config", "configMap": {"name": names.config_map}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.trainer.shm_size}},
+        tmp,
+        cache,
     ]
     mounts = [
         {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        tmp_mount,
+        cache_mount,
     ]
-    return volumes, mounts
+    more_volumes, more_mounts = wl.extra_volumes(extra)
+    return volumes + more_volumes, mounts + more_mounts
 
 
-def pod_common(spec: StableLayersRunSpec) -> Obj:
-    pod: Obj = {"restartPolicy": "Never"}
+def worker_env(spec: StableLayersRunSpec, extra: PodExtras) -> list[Obj]:
+    """Storage and cache env of a worker pod, then the component's own `env`."""
+    return wl.merge_env([*storage_env(spec), *wl.cache_env(spec)], extra)
+
+
+def pod_common(spec: StableLayersRunSpec, extra: PodExtras) -> Obj:
+    pod: Obj = {
+        "restartPolicy": "Never",
+        "securityContext": wl.overridden(wl.worker_pod_security(), extra.security_context),
+    }
     if spec.trainer.service_account:
         pod["serviceAccountName"] = spec.trainer.service_account
     if spec.images.pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in spec.images.pull_secrets]
     return pod
+
+
+def worker_container_security(extra: PodExtras) -> Obj:
+    return wl.overridden(wl.worker_container_security(), extra.container_security_context)
+
+
+def job_spec_extras(spec: StableLayersRunSpec) -> Obj:
+    """`suspend: true` for a queued run: Kueue admits (unsuspends) the Job when its whole gang fits."""
+    return {"suspend": True} if spec.queue_name else {}
 
 
 # ---------------------------------------------------------------- trainer
@@ -253,7 +267,7 @@ def trainer_process(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Pr
         {"name": "STABLE_LAYERS_RUN", "value": owner.name},
         {"name": "STABLE_LAYERS_NAMESPACE", "value": owner.namespace},
         {"name": "STABLE_LAYERS_ATTEMPT", "value": str(attempt)},
-        *storage_env(spec),
+        *worker_env(spec, spec.trainer),
     ]
     return Process(command=command, env=env)
 
@@ -312,8 +326,9 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     hang the others' collectives)."""
     names = Names(owner.name)
     process = trainer_process(spec, owner, attempt)
-    volumes, mounts = worker_volumes(spec, names)
+    volumes, mounts = worker_volumes(spec, names, spec.trainer)
     extra = {ATTEMPT_LABEL: str(attempt)}
+    gpus = spec.trainer.gpus_per_node
     container: Obj = {
         "name": "trainer",
         "image": spec.images.worker,
@@ -324,11 +339,14 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
             {"name": "rendezvous", "containerPort": spec.trainer.master_port},
             {"name": "metrics", "containerPort": spec.trainer.metrics_port},
         ],
-        "resources": resources_for(spec.trainer.resources, spec.trainer.gpus_per_node),
+        "resources": resources_for(
+            spec.trainer.resources, gpus, wl.default_requests(gpus, shared_cache=spec.model_cache is not None)
+        ),
         "volumeMounts": mounts,
+        "securityContext": worker_container_security(spec.trainer),
     }
     pod: Obj = {
-        **pod_common(spec),
+        **pod_common(spec, spec.trainer),
         "subdomain": names.trainer_service,
         "containers": [container],
         "volumes": volumes,
@@ -340,12 +358,16 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(owner, names.trainer_job(attempt), "trainer", extra),
+        "metadata": metadata(owner, names.trainer_job(attempt), "trainer", {**extra, **wl.queue_labels(spec)}),
         "spec": {
+            **job_spec_extras(spec),
             "completionMode": "Indexed",
             "completions": spec.trainer.nodes,
             "parallelism": spec.trainer.nodes,
             "backoffLimit": 0,
+            # A disrupted rank fails the whole Job at once (its peers would hang in collectives);
+            # the operator restarts it from the newest checkpoint without counting a failure.
+            "podFailurePolicy": wl.pod_failure_policy("FailJob"),
             "template": {
                 "metadata": {
                     "labels": {**labels(owner.name, "trainer"), **extra},
@@ -360,6 +382,16 @@ def trainer_job(spec: StableLayersRunSpec, owner: Owner, attempt: int) -> Obj:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's run.yaml) as readable `|` blocks."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+
+
 def dump(objects: list[Obj]) -> str:
     """Objects as one multi-document YAML stream."""
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)

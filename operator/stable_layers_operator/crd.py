@@ -17,12 +17,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from stable_layers_operator.pods import DNS_1035_LABEL
 from stable_layers_operator.resource import (
     API_VERSION,
     GROUP,
     KIND,
     MAX_NAME_LENGTH,
     PLURAL,
+    RUN_NAME_MESSAGE,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
@@ -152,7 +154,9 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # A bound on the name keeps the CEL cost estimate of the name rules small (metadata
+            # may only constrain name and generateName).
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 253}}},
             "spec": spec,
             "status": status,
         },
@@ -162,6 +166,7 @@ def openapi_schema() -> dict[str, Any]:
                 "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child object names append suffixes)",
             },
+            {"rule": f"self.metadata.name.matches('{DNS_1035_LABEL}')", "message": RUN_NAME_MESSAGE},
             *_immutability_rules_nested(),
         ],
     }
@@ -223,6 +228,13 @@ def build_crd() -> dict[str, Any]:
                             "description": "mean within-group reward std",
                         },
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+                        {
+                            "name": "Disruptions",
+                            "type": "integer",
+                            "jsonPath": ".status.disruptions",
+                            "priority": 1,
+                            "description": "trainer restarts after evicted pods (not counted against backoffLimit)",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},

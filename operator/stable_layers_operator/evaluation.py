@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stable_layers.storage import CHECKPOINTS, EVAL, step_name
+from stable_layers_operator import workload as wl
 from stable_layers_operator.children import (
     RUN_FILE,
     STEP_LABEL,
@@ -11,12 +12,14 @@ from stable_layers_operator.children import (
     Owner,
     Process,
     evaluation_settings,
+    job_spec_extras,
     labels,
     metadata,
     pod_common,
     resources_for,
-    storage_env,
     tolerations,
+    worker_container_security,
+    worker_env,
     worker_volumes,
 )
 from stable_layers_operator.resource import StableLayersRunSpec
@@ -38,7 +41,7 @@ def eval_process(spec: StableLayersRunSpec, step: int) -> Process:
         "--checkpoint",
         f"{root}/{CHECKPOINTS}/{step_name(step)}",
     ]
-    return Process(command=command, env=storage_env(spec))
+    return Process(command=command, env=worker_env(spec, spec.evaluation))
 
 
 def eval_gpus(spec: StableLayersRunSpec) -> int:
@@ -50,10 +53,12 @@ def eval_gpus(spec: StableLayersRunSpec) -> int:
 def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
     names = Names(owner.name)
     process = eval_process(spec, step)
-    volumes, mounts = worker_volumes(spec, names)
+    volumes, mounts = worker_volumes(spec, names, spec.evaluation)
     extra = {STEP_LABEL: str(step)}
+    gpus = eval_gpus(spec)
+    defaults = wl.default_requests(gpus, shared_cache=spec.model_cache is not None)
     pod: Obj = {
-        **pod_common(spec),
+        **pod_common(spec, spec.evaluation),
         "containers": [
             {
                 "name": "eval",
@@ -61,8 +66,9 @@ def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
                 "imagePullPolicy": spec.images.pull_policy,
                 "command": process.command,
                 "env": process.env,
-                "resources": resources_for(spec.evaluation.resources, eval_gpus(spec)),
+                "resources": resources_for(spec.evaluation.resources, gpus, defaults),
                 "volumeMounts": mounts,
+                "securityContext": worker_container_security(spec.evaluation),
             }
         ],
         "volumes": volumes,
@@ -74,12 +80,31 @@ def eval_job(spec: StableLayersRunSpec, owner: Owner, step: int) -> Obj:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(owner, names.eval_job(step), "eval", extra),
+        "metadata": metadata(owner, names.eval_job(step), "eval", {**extra, **wl.queue_labels(spec)}),
         "spec": {
+            **job_spec_extras(spec),
             "backoffLimit": spec.evaluation.backoff_limit,
+            # An evicted evaluation pod is replaced without using up a retry.
+            "podFailurePolicy": wl.pod_failure_policy("Ignore"),
             "template": {"metadata": {"labels": {**labels(owner.name, "eval"), **extra}}, "spec": pod},
         },
     }
+
+
+def unmounted_data(spec: StableLayersRunSpec) -> str | None:
+    """A warning when the evaluation data is an absolute `crello:` path inside no volume of the
+    evaluation pods (the pods would only find it if the image itself carried it)."""
+    _, data = evaluation_settings(spec)
+    kind, _, path = (data or "").partition(":")
+    if kind != "crello" or not path.startswith("/"):
+        return None
+    mounts = [m.mount_path for m in spec.evaluation.extra_volume_mounts] + [wl.cache_dir(spec)]
+    if any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+        return None
+    return (
+        f"evaluation data {data}: {path} is inside no volume of the evaluation pods, so every evaluation Job "
+        "fails unless the worker image holds it; mount it with spec.evaluation.extraVolumes/extraVolumeMounts"
+    )
 
 
 def report_key(step: int) -> str:

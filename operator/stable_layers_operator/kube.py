@@ -34,6 +34,10 @@ class Cluster(Protocol):
         """Delete (children with Background propagation); False if it was absent."""
         ...
 
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
+        """JSON merge patch (RFC 7386) of an object."""
+        ...
+
     def secret(self, namespace: str, name: str) -> dict[str, str]:
         """Decoded data of a Secret."""
         ...
@@ -91,6 +95,13 @@ class KubeCluster:
         meta = obj["metadata"]
         self._method("patch", obj["kind"])(
             meta["name"], meta["namespace"], {"data": obj["data"]}, _preload_content=False
+        )
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
+        # A merge patch replaces lists (args, env, volumes) whole and removes keys set to null,
+        # which is what following a changed spec needs; a strategic merge would keep stale entries.
+        self._method("patch", kind)(
+            name, namespace, patch, _content_type="application/merge-patch+json", _preload_content=False
         )
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:

@@ -1,5 +1,7 @@
 """Entry point of the operator image: `stable-layers-operator` (see `manifests/operator`).
 
+`stable-layers-operator render RUN.yaml` prints the objects a run would get instead (render.py).
+
 Runs kopf standalone (one replica, Recreate strategy: no peering objects needed), with kopf's
 liveness endpoint and a Prometheus endpoint for the operator's own metrics.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
 import kopf
@@ -46,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["render"]:
+        from stable_layers_operator.render import main as render_main
+
+        raise SystemExit(render_main(argv[1:]))
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
+import typing
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-PHASES = ("Pending", "Starting", "Training", "Evaluating", "Suspended", "Succeeded", "Failed")
+from stable_layers_operator.resource import StableLayersRunStatus
+
+PHASES: tuple[str, ...] = typing.get_args(typing.get_args(StableLayersRunStatus.model_fields["phase"].annotation)[0])
+"""Every phase the status can hold (its Literal), so each gauge label exists from the start and
+drops back to 0 when its last run leaves it."""
 
 
 class OperatorMetrics:

@@ -21,6 +21,7 @@ from stable_layers_operator import children as ch
 from stable_layers_operator import evaluation as ev
 from stable_layers_operator import judge as jd
 from stable_layers_operator import progress as pr
+from stable_layers_operator import workload as wl
 from stable_layers_operator.conditions import (
     TERMINAL,
     get_condition,
@@ -217,7 +218,9 @@ class Reconciler:
             )
             return True
         self._ensure(jd.judge_service(self.spec, self.owner))
-        deployment = self._ensure(jd.judge_deployment(self.spec, self.owner))
+        desired = jd.judge_deployment(self.spec, self.owner)
+        deployment = self._ensure(desired)
+        self._follow_judge_spec(deployment, desired)
         self.st["children"].update(judgeDeployment=self.names.judge, judgeService=self.names.judge)
         ready = ready_replicas(deployment)
         if ready >= 1:
@@ -228,6 +231,13 @@ class Reconciler:
         self.st["message"] = msg
         # A judge restarting mid-run does not stop the trainer: its reward client retries.
         return self.st["children"].get("trainerJob") is not None
+
+    def _follow_judge_spec(self, current: dict[str, Any], desired: dict[str, Any]) -> None:
+        """A changed judge spec (replicas, image, args, ...) reaches the live Deployment."""
+        patch = jd.judge_patch(current, desired)
+        if patch is not None:
+            self.cluster.patch("Deployment", self.owner.namespace, desired["metadata"]["name"], patch)
+            self.actions.append(f"patched Deployment {desired['metadata']['name']}")
 
     def _trainer(self, store: Store | None) -> str:
         """Ensure the trainer for the current attempt; `Running`, `Complete` or `Failed`."""
@@ -240,38 +250,62 @@ class Reconciler:
         if state == "Failed" and self.st.get("trainerPhase") == "Succeeded":
             state = "Complete"  # the pods finished the work and then failed on the way out
         if state == "Failed":
+            # A drained, preempted or reclaimed pod is not the trainer's failure: restart uncounted.
+            disrupted = wl.job_disrupted(job)
             nxt = self.names.trainer_job(attempt + 1)
-            restarts = int(self.st["restarts"]) + 1
+            restarts = int(self.st["restarts"]) + (0 if disrupted else 1)
             # If the next Job exists, an earlier pass restarted already and lost its status patch
             # (operator restart): adopt it instead of creating a duplicate.
-            if self.cluster.get("Job", self.owner.namespace, nxt) is None and restarts > self.spec.backoff_limit:
+            if (
+                not disrupted
+                and self.cluster.get("Job", self.owner.namespace, nxt) is None
+                and restarts > self.spec.backoff_limit
+            ):
                 why = job_failure_message(job)
                 return self._fail_trainer(
                     f"trainer Job {name} failed ({why}) and backoffLimit {self.spec.backoff_limit} is used up"
                 )
             self.st["restarts"] = restarts
+            if disrupted:
+                self.st["disruptions"] = int(self.st.get("disruptions") or 0) + 1
             self.st["attempt"] = attempt = attempt + 1
             name, job, state = nxt, None, "Absent"
             ckpt = self.st.get("lastCheckpoint")
             where = f"checkpoint step {ckpt['step']}" if ckpt else "the start (no committed checkpoint yet)"
-            self._cond(
-                "Training", True, "Restarted", f"restart {self.st['restarts']}/{self.spec.backoff_limit} from {where}"
-            )
+            if disrupted:
+                msg = f"restart after pod disruption {self.st['disruptions']} (not counted) from {where}"
+                self._cond("Training", True, "Disrupted", msg)
+            else:
+                msg = f"restart {self.st['restarts']}/{self.spec.backoff_limit} from {where}"
+                self._cond("Training", True, "Restarted", msg)
         if state == "Absent":
             self._ensure(ch.trainer_service(self.spec, self.owner))
-            self._create(ch.trainer_job(self.spec, self.owner, attempt))
+            job = ch.trainer_job(self.spec, self.owner, attempt)
+            self._create(job)
             state = "Running"
         self.st["children"].update(trainerJob=name, trainerService=self.names.trainer_service)
         if state == "Complete":
             self.st["trainingComplete"] = True
             self._cond("Training", False, "Completed", f"trainer Job {name} completed")
             return "Complete"
+        if wl.queued(job):
+            return self._queued(name)
         training = get_condition(self.st["conditions"], "Training")
         if training is None or training["status"] != "True":
             self._cond("Training", True, "Running", f"trainer Job {name}: {self.spec.trainer.nodes} node(s)")
         self.st["phase"] = "Training"
         step, total = self.st.get("step"), self.st.get("maxSteps")
         self.st["message"] = f"training, step {step}/{total}" if step is not None else f"trainer Job {name} started"
+        return "Running"
+
+    def _queued(self, job: str) -> str:
+        """The trainer Job is suspended until Kueue admits its whole gang; the operator never
+        unsuspends it (Kueue does, and may suspend it again to preempt it)."""
+        queue = f"Kueue queue {self.spec.queue_name}" if self.spec.queue_name else "its queue"
+        msg = f"trainer Job {job} waits for admission by {queue} ({self.spec.trainer.nodes} node(s) as one gang)"
+        self._cond("Training", False, "Queued", msg)
+        self.st["phase"] = "Queued"
+        self.st["message"] = msg
         return "Running"
 
     def _fail_trainer(self, message: str) -> str:

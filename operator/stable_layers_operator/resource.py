@@ -7,11 +7,23 @@ what a cluster needs to run it. The CRD's OpenAPI schema is generated from these
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from stable_layers.spec import RunSpec, Strict, format_validation_error
+from stable_layers_operator.pods import (
+    DNS_1035_LABEL,
+    DNS_SUBDOMAIN,
+    ModelCacheSpec,
+    NonEmpty,
+    PodExtras,
+    Quantity,
+    ResourceRequirements,
+    SecretKeyRef,
+    Toleration,
+)
 
 GROUP = "stablelayers.io"
 VERSION = "v1alpha1"
@@ -45,42 +57,20 @@ class ImageDefaults:
         cls.judge = judge or VLLM_IMAGE
 
 
-class ResourceRequirements(Strict):
-    """A container's compute resources, as in a Pod spec (quantities as strings: `"16"`, `64Gi`)."""
-
-    requests: dict[str, str] = Field(default_factory=dict)
-    """Minimum resources, e.g. `{cpu: "16", memory: 200Gi}`. GPUs are added from `gpusPerNode`/`gpus`."""
-    limits: dict[str, str] = Field(default_factory=dict)
-    """Maximum resources. GPUs are added from `gpusPerNode`/`gpus`."""
-
-
-class Toleration(Strict):
-    """A Pod toleration (GPU nodes are usually tainted)."""
-
-    key: str | None = None
-    """Taint key, e.g. `nvidia.com/gpu`; empty with operator Exists matches every taint."""
-    operator: Literal["Exists", "Equal"] = "Exists"
-    """`Exists` or `Equal`. Default Exists."""
-    value: str | None = None
-    """Taint value for operator Equal."""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    """Taint effect to tolerate; empty tolerates all effects."""
-    toleration_seconds: int | None = Field(None, ge=0)
-    """For NoExecute: how long the pod stays bound after the taint appears."""
-
-
 class ImagesSpec(Strict):
-    worker: str = Field(default_factory=lambda: ImageDefaults.worker)
+    worker: str = Field(default_factory=lambda: ImageDefaults.worker, min_length=1, max_length=1024)
     """Image with the `stable-layers` CLI (torch, diffusers, DeepSpeed) for trainer and eval pods.
     Default: the operator's `--worker-image` (Helm value `images.worker`), else the release image of
     this operator version."""
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of every container the operator creates. Default IfNotPresent."""
-    pull_secrets: list[str] = Field(default_factory=list)
+    pull_secrets: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)]] = Field(
+        default_factory=list
+    )
     """Names of image pull Secrets in the run's namespace. Default none."""
 
 
-class TrainerSpec(Strict):
+class TrainerSpec(PodExtras):
     nodes: int = Field(1, ge=1, le=256)
     """Trainer pods (one per node); the Indexed Job's completions and parallelism. Default 1."""
     gpus_per_node: int = Field(8, ge=0, le=16)
@@ -99,24 +89,24 @@ class TrainerSpec(Strict):
     """Rendezvous port of rank 0 (`MASTER_PORT`). Default 29500 (torch's)."""
     metrics_port: int = Field(9400, ge=1024, le=65535)
     """Port of the trainer's Prometheus exporter. Default 9400."""
-    shm_size: str = "64Gi"
+    shm_size: Quantity = "64Gi"
     """Size limit of the memory-backed /dev/shm (NCCL and data loader workers need more than the
     container runtime's 64 MB). Default 64Gi."""
-    service_account: str | None = None
+    service_account: str | None = Field(None, pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)
     """ServiceAccount of trainer and eval pods (e.g. one bound to an S3 role). Default the
     namespace's default account."""
 
 
-class JudgeSpec(Strict):
+class JudgeSpec(PodExtras):
     enabled: bool = True
     """Deploy a vLLM judge when `run.reward.kind` is `openai`. False: the trainer uses
     `run.reward.openai.baseUrl` as written (a judge served elsewhere). Default true."""
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    model: NonEmpty = "Qwen/Qwen2.5-VL-7B-Instruct"
     """Model path served by vLLM: a hub id (needs egress or a cache), a local path on `modelVolume`,
     or `s3://...` with `--load-format runai_streamer` in `extraArgs`. Default Qwen2.5-VL-7B-Instruct."""
-    served_model_name: str = "judge"
+    served_model_name: str = Field("judge", pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]*$", max_length=253)
     """`--served-model-name`; the trainer's `reward.openai.model` is set to it. Default `judge`."""
-    image: str = Field(default_factory=lambda: ImageDefaults.judge)
+    image: str = Field(default_factory=lambda: ImageDefaults.judge, min_length=1, max_length=1024)
     """vLLM OpenAI server image. Default: the operator's `--judge-image` (Helm value `images.judge`,
     pinned), else the vLLM release the reward client was checked on (`vllm/vllm-openai:v0.33.0`)."""
     tensor_parallel: int = Field(1, ge=1, le=16)
@@ -135,7 +125,7 @@ class JudgeSpec(Strict):
     """`--gpu-memory-utilization`. Default 0.9 (vLLM's)."""
     extra_args: list[str] = Field(default_factory=list)
     """More vLLM arguments, appended verbatim (e.g. `--load-format`, `runai_streamer`)."""
-    model_volume: str | None = None
+    model_volume: str | None = Field(None, pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)
     """Name of a PersistentVolumeClaim mounted read-only at /models holding the weights. Default none."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     """CPU/memory of each judge pod; GPUs come from `gpus`."""
@@ -148,11 +138,11 @@ class JudgeSpec(Strict):
     (vLLM kills pods whose probes fire before loading ends). Default 1800."""
 
 
-class EvaluationSpec(Strict):
+class EvaluationSpec(PodExtras):
     every_steps: int | None = Field(None, ge=0)
     """Evaluate the checkpoint every this many optimizer steps (0: only the final one).
     Default: `run.eval.everySteps`."""
-    data: str | None = None
+    data: str | None = Field(None, min_length=1, max_length=4096)
     """Evaluation data for `stable-layers eval --data` (e.g. `synthetic:heldout`,
     `crello:/data/crello`). Default: `run.eval.data`; with neither, no evaluation runs."""
     gpus: int | None = Field(None, ge=0, le=16)
@@ -166,11 +156,11 @@ class EvaluationSpec(Strict):
 class SecretRef(Strict):
     """A Secret in the run's namespace holding S3 credentials (never put keys in the spec)."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Secret name."""
-    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253)
     """Key of the access key id in the Secret. Default AWS_ACCESS_KEY_ID."""
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253)
     """Key of the secret access key in the Secret. Default AWS_SECRET_ACCESS_KEY."""
 
 
@@ -181,7 +171,7 @@ class StorageSpec(Strict):
     endpoint: str | None = None
     """Endpoint of an S3-compatible store (MinIO, Ceph), e.g. `http://minio.minio:9000`.
     Default AWS."""
-    region: str = "us-east-1"
+    region: str = Field("us-east-1", min_length=1, max_length=64)
     """Region. Default us-east-1."""
     secret_ref: SecretRef | None = None
     """Credentials Secret. Default none: pods use their ServiceAccount/node identity."""
@@ -205,6 +195,17 @@ class StableLayersRunSpec(Strict):
     """Evaluation Jobs on checkpoints."""
     storage: StorageSpec
     """S3 location and credentials of the run."""
+    model_cache: ModelCacheSpec | None = None
+    """A volume (PVC or any volume source) mounted in every trainer, evaluation and judge pod that
+    holds downloaded weights (`HF_HOME`, vLLM's `--download-dir`). Default none: each pod downloads
+    into its own emptyDir, every attempt again."""
+    hf_token_secret_ref: SecretKeyRef | None = None
+    """A Secret key holding a Hugging Face token (`HF_TOKEN` in every pod) for gated or private
+    models. Default none."""
+    queue_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, min_length=1, max_length=253)
+    """A Kueue LocalQueue: trainer and evaluation Jobs get the `kueue.x-k8s.io/queue-name` label and
+    are created suspended, so Kueue admits each Job's pods as one gang when the quota fits
+    (docs/cluster.md, "Queueing"). Default none (Jobs start at once)."""
     suspend: bool = False
     """Stop the run: children are deleted; setting it back to false resumes from the newest
     committed checkpoint. Default false."""
@@ -294,8 +295,10 @@ class ChildrenStatus(Strict):
 class StableLayersRunStatus(Strict):
     observed_generation: int | None = None
     """metadata.generation last reconciled."""
-    phase: Literal["Pending", "Starting", "Training", "Evaluating", "Suspended", "Succeeded", "Failed"] | None = None
-    """Pending, Starting (judge loading), Training, Evaluating (final evaluation), Suspended,
+    phase: (
+        Literal["Pending", "Starting", "Queued", "Training", "Evaluating", "Suspended", "Succeeded", "Failed"] | None
+    ) = None
+    """Pending, Starting (judge loading), Queued (the trainer Job waits for Kueue admission), Training, Evaluating (final evaluation), Suspended,
     Succeeded or Failed."""
     message: str | None = None
     """Why the run is in its phase."""
@@ -313,6 +316,9 @@ class StableLayersRunStatus(Strict):
     """Newest committed checkpoint."""
     restarts: int = 0
     """Whole-trainer restarts after failures so far (at most `backoffLimit`)."""
+    disruptions: int = 0
+    """Whole-trainer restarts after a pod was disrupted (drain, preemption, spot reclaim: the
+    `DisruptionTarget` condition); not counted against `backoffLimit`."""
     attempt: int = 0
     """Trainer Job generation, incremented on every restart and every resume: the current
     trainer Job is `<run>-trainer-<attempt>`."""
@@ -341,3 +347,15 @@ def parse_run(spec: dict[str, Any] | None, source: str = "spec") -> StableLayers
         raise ValueError(
             format_validation_error(err, source, StableLayersRunSpec).replace(f"{source}: ", f"{source}.")
         ) from None
+
+
+RUN_NAME_MESSAGE = (
+    f"metadata.name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters (lowercase letters, "
+    "digits and '-', starting with a letter): the run's Services and Jobs are named after it"
+)
+
+
+def check_run_name(name: Any) -> None:
+    """Raise ValueError (the CRD's own message) unless `name` can name the run's children."""
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not re.fullmatch(DNS_1035_LABEL, name):
+        raise ValueError(f"{RUN_NAME_MESSAGE} (got {name!r})")

@@ -227,6 +227,15 @@ class EmulatedCluster:
         paths["Deployment"] = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status"
         self._request("PATCH", paths[kind], {"status": status}, "application/merge-patch+json")
 
+    def set_job_status(self, job: str, status: dict[str, Any]) -> None:
+        """Play the Job controller with any status (e.g. a pod failure policy's conditions)."""
+        self._patch_status("Job", job, status)
+
+    def unsuspend_job(self, job: str) -> None:
+        """Play Kueue admitting a queued Job: `spec.suspend` to false."""
+        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{job}"
+        self._request("PATCH", path, {"spec": {"suspend": False}}, "application/merge-patch+json")
+
     def set_ready(self, deployment: str, replicas: int = 1) -> None:
         """Play the Deployment controller: `replicas` pods ready."""
         self._patch_status("Deployment", deployment, {"readyReplicas": replicas, "availableReplicas": replicas})

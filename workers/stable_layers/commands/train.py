@@ -111,13 +111,21 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = F
 
 
 def train(
-    run_yaml: Annotated[Path, typer.Argument(help="Run spec (YAML/JSON), e.g. examples/local-run.yaml.")],
-    out: Annotated[
-        str,
-        typer.Option(
-            "--out", help="Run directory or URI (s3://bucket/prefix): checkpoints, metrics.jsonl, progress.json."
+    run_yaml: Annotated[
+        Path,
+        typer.Argument(
+            help="Run spec (YAML/JSON), e.g. examples/local-run.yaml, or a StableLayersRun document "
+            "(manifests/examples/run-tiny.yaml): its spec.run is trained."
         ),
     ],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="Run directory or URI (s3://bucket/prefix): checkpoints, metrics.jsonl, progress.json. "
+            "Default for a StableLayersRun document: its spec.storage.uri.",
+        ),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (default: grpo.maxSteps).")
     ] = None,
@@ -146,13 +154,16 @@ def train(
     ] = False,
 ) -> None:
     """Run Flow-GRPO training from a run spec."""
-    from stable_layers.spec import SpecError, load_run_spec
+    from stable_layers.spec import SpecError, load_run_file
 
     _setup_logging()
     try:  # before any torch import: a typo in the spec is reported in well under a second
-        spec = load_run_spec(run_yaml)
+        spec, default_out = load_run_file(run_yaml)
     except SpecError as err:
         raise _error(str(err)) from None
+    out = out or default_out
+    if not out:
+        raise _error(f"{run_yaml}: no --out given; pass --out DIR_OR_URI (where checkpoints and metrics go)")
     from stable_layers.trainer import is_launched_worker
 
     errors = _user_errors()

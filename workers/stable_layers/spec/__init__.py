@@ -60,8 +60,10 @@ __all__ = [
     "TransformersJudgeSpec",
     "example_run_path",
     "format_validation_error",
+    "load_run_file",
     "load_run_spec",
     "parse_run_spec",
+    "run_document",
 ]
 
 
@@ -147,8 +149,39 @@ def parse_run_spec(data: Any, source: str = "<spec>") -> RunSpec:
         raise SpecError(format_validation_error(err, source)) from None
 
 
-def load_run_spec(path: str | Path) -> RunSpec:
-    """Read a YAML or JSON run spec from a file, raising `SpecError` naming the file and field."""
+RUN_DOCUMENT_GROUP = "stablelayers.io"
+RUN_DOCUMENT_KIND = "StableLayersRun"
+
+
+def run_document(data: Any, source: str = "<spec>") -> tuple[RunSpec, str | None]:
+    """(run spec, default output URI) of parsed YAML: a plain run spec, or a `StableLayersRun`
+    document (what `kubectl apply -f` takes), whose `spec.run` is the run and `spec.storage.uri`
+    the default output. The other sections describe cluster resources and are the operator's to
+    validate; the worker never imports the operator (it depends on this package)."""
+    if not (isinstance(data, dict) and ("apiVersion" in data or "kind" in data)):
+        return parse_run_spec(data, source), None
+    api, kind = data.get("apiVersion"), data.get("kind")
+    if kind != RUN_DOCUMENT_KIND or not str(api).startswith(f"{RUN_DOCUMENT_GROUP}/"):
+        raise SpecError(
+            f"{source}: apiVersion/kind {api}/{kind} is not a run spec; expected a run spec or a "
+            f"{RUN_DOCUMENT_GROUP}/v1alpha1 {RUN_DOCUMENT_KIND}"
+        )
+    spec = data.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise SpecError(f"{source}: spec: must be a mapping with a `run` section")
+    run = spec.get("run") or {}
+    if not isinstance(run, dict):
+        raise SpecError(f"{source}: spec.run: must be a mapping of sections (model, lora, ...)")
+    try:
+        parsed = RunSpec.model_validate(run)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source).replace(f"{source}: ", f"{source}: spec.run.")) from None
+    uri = (spec.get("storage") or {}).get("uri") if isinstance(spec.get("storage"), dict) else None
+    return parsed, str(uri) if uri else None
+
+
+def load_run_file(path: str | Path) -> tuple[RunSpec, str | None]:
+    """`run_document` of a YAML/JSON file, raising `SpecError` naming the file and field."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"{p}: run spec file not found; pass the path of a YAML file such as examples/local-run.yaml")
@@ -160,7 +193,13 @@ def load_run_spec(path: str | Path) -> RunSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
-    return parse_run_spec(data, str(p))
+    return run_document(data, str(p))
+
+
+def load_run_spec(path: str | Path) -> RunSpec:
+    """Read a YAML or JSON run spec (or a `StableLayersRun` document) from a file, raising
+    `SpecError` naming the file and field."""
+    return load_run_file(path)[0]
 
 
 EXAMPLE_RUNS = Path(__file__).resolve().parents[1] / "assets" / "runs"
