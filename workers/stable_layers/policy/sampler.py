@@ -256,12 +256,14 @@ def sample_group(
     seeds: list[int],
     window_start: int | None,
     cfg_normalize: bool = False,
+    latent_seed: int | None = None,
 ) -> Rollout:
     """Sample `group_size` candidates of one image in batched forwards and record the SDE window.
 
     Candidate b's initial noise and SDE noise come from `seeds[b]` alone, so it does not depend
-    on the other candidates (with `sampler.sameLatent` all candidates share `seeds[0]`'s initial
-    noise). Steps outside the window are deterministic Euler steps.
+    on the other candidates. With `sampler.sameLatent` all candidates share the initial noise of
+    `latent_seed` (default `seeds[0]`; a caller holding only part of a group passes candidate 0's
+    seed). Steps outside the window are deterministic Euler steps.
     """
     if len(seeds) != group_size:
         raise ValueError(f"sample_group: got {len(seeds)} seeds for group_size {group_size}")
@@ -270,7 +272,8 @@ def sample_group(
     if sampler.sde_type == "cps" and steps - 1 in window:
         raise ValueError("sampler.sdeType cps cannot train the last step (its std is 0); move the SDE window earlier")
     gens = seed_generators(seeds)
-    init_gens = seed_generators([seeds[0]] * group_size) if sampler.same_latent else gens
+    shared = seeds[0] if latent_seed is None else latent_seed
+    init_gens = seed_generators([shared] * group_size) if sampler.same_latent else gens
     latents, cond = prepare(policy, image, resolution=sampler.resolution, layers=sampler.layers, generators=init_gens)
     final, rec, _, sigmas = _denoise(
         policy,

@@ -67,8 +67,9 @@ class SamplerSpec(Strict):
     """Number of consecutive stochastic (recorded, trained) steps; the rest are ODE steps.
     0 means every step except the last (the SD3 path). Default 2 [FG Qwen-Image]."""
     sde_window_range: tuple[int, int] = (0, 5)
-    """[start, end) of step indices the window's first step is drawn from, per rollout.
-    Default [0, 5) = the first half of 10 steps [FG Qwen-Image]."""
+    """[start, end) of the step indices the whole window lies in: its first step is drawn
+    uniformly from start … end − sdeWindowSize per rollout (as flow_grpo). Default [0, 5) = the
+    first half of 10 steps [FG Qwen-Image]."""
     cfg_scale: float = Field(1.0, ge=1.0)
     """True-CFG scale for rollouts and training; 1 disables CFG (one forward). Default 1 [SL release,
     flow_grpo README recommendation]."""
@@ -91,9 +92,9 @@ class SamplerSpec(Strict):
                 f"sdeWindowRange must satisfy 0 <= start < end <= trainSteps ({self.train_steps}); "
                 f"got {list(self.sde_window_range)}"
             )
-        if self.sde_window_size > 0 and hi - 1 + self.sde_window_size > self.train_steps:
+        if self.sde_window_size > hi - lo:
             raise ValueError(
-                f"sdeWindowSize {self.sde_window_size} starting as late as step {hi - 1} runs past "
-                f"trainSteps {self.train_steps}; shrink sdeWindowRange or sdeWindowSize"
+                f"sdeWindowSize {self.sde_window_size} does not fit in sdeWindowRange {list(self.sde_window_range)} "
+                f"(the whole window lies inside the range); widen sdeWindowRange or shrink sdeWindowSize"
             )
         return self
