@@ -7,12 +7,20 @@ components of the real classes, so everything runs with no download. Importing t
 imports torch and diffusers.
 """
 
+from stable_layers.policy.adapters import (
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    Adapter,
+    apply_adapter,
+    read_adapter,
+)
 from stable_layers.policy.model import (
     LORA_WEIGHT_NAME,
     TINY_ASSETS,
     Policy,
     PolicyLoadError,
     get_lora_keys,
+    load_adapter,
     load_lora,
     load_policy,
     reference_policy,
@@ -41,11 +49,15 @@ from stable_layers.policy.tiny import (
 
 __all__ = [
     "LORA_WEIGHT_NAME",
+    "PEFT_CONFIG_NAME",
+    "PEFT_WEIGHTS_NAME",
     "TINY_ASSETS",
+    "Adapter",
     "Policy",
     "PolicyLoadError",
     "Rollout",
     "SdeType",
+    "apply_adapter",
     "build_scheduler",
     "build_text_encoder",
     "build_tokenizer",
@@ -54,8 +66,10 @@ __all__ = [
     "decode",
     "decompose",
     "get_lora_keys",
+    "load_adapter",
     "load_lora",
     "load_policy",
+    "read_adapter",
     "reference_policy",
     "replay_log_prob",
     "resolve_device",

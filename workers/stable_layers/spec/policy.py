@@ -35,6 +35,9 @@ class ModelSpec(Strict):
     640 px (model.md §5). Default true [FG]."""
 
 
+_PEFT_INITS = ("gaussian", "default", "zero_b")
+
+
 class LoraSpec(Strict):
     rank: int = Field(64, ge=1, le=1024)
     """LoRA rank r. Default 64 [FG Qwen-Image; verl example]."""
@@ -43,12 +46,21 @@ class LoraSpec(Strict):
     targets: list[str] = Field(default_factory=lambda: list(QWEN_LORA_TARGETS), min_length=1)
     """Module-name suffixes in the transformer that get adapters. Default: the 12 attention and
     MLP projections [FG]."""
-    init: Literal["gaussian", "default", "zero_b"] = "gaussian"
-    """peft `init_lora_weights`: `gaussian` or `default` (Kaiming A, zero B; both start as the
-    identity adapter). `zero_b` is an alias of `default`. Default gaussian [FG]."""
+    init: str = Field("gaussian", min_length=1)
+    """How the adapter starts. `gaussian` or `default` (peft `init_lora_weights`; Kaiming A, zero
+    B; both start as the identity adapter; `zero_b` is an alias of `default`), or PATH_OR_HUB_ID
+    of an existing adapter to continue from: a PEFT adapter folder (`adapter_config.json`), a
+    diffusers LoRA `.safetensors` file, a training checkpoint folder, or a hub id
+    `owner/name[/subfolder]` such as the released Stable-Layers adapter. Its rank, alpha and
+    adapted modules must equal `rank`, `alpha` and `targets`. Default gaussian [FG]."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """LoRA dropout. Default 0: dropout would make the replayed log-prob differ from the rollout's
     and break ratio = 1 on-policy [OURS]."""
+
+    @property
+    def init_from(self) -> str | None:
+        """The adapter `init` names, or None for a fresh (peft-initialised) adapter."""
+        return None if self.init in _PEFT_INITS else self.init
 
 
 class SamplerSpec(Strict):
