@@ -1,8 +1,10 @@
 """The policy: Qwen-Image-Layered with a fixed prompt embedding and a peft LoRA, and its sampler.
 
-`load_policy(spec)` loads the real pipeline or a tiny preset (`model.py`); `sample_group` runs the
-SDE rollouts of one group with per-step log-probabilities and `replay_log_prob` recomputes them
-with gradients (`sampler.py`, on the pure math of `sde.py`); `tiny.py` builds tiny random
+`load_policy(spec)` loads the real pipeline or a tiny preset (`model.py`; adapters in both the
+diffusers and the PEFT format: `adapters.py`); `sample_group` runs the SDE rollouts of one group
+with per-step log-probabilities and `replay_log_prob` recomputes them with gradients
+(`sampler.py`, on the pure math of `sde.py`); `decompose` is the deterministic Euler/Heun
+decomposition of evaluation and `stable-layers decompose` (`inference.py`); `tiny.py` builds tiny random
 components of the real classes, so everything runs with no download. Importing this package
 imports torch and diffusers.
 """
@@ -14,6 +16,7 @@ from stable_layers.policy.adapters import (
     apply_adapter,
     read_adapter,
 )
+from stable_layers.policy.inference import OdeMethod, decompose, ode_sample, transformer_calls
 from stable_layers.policy.model import (
     LORA_WEIGHT_NAME,
     TINY_ASSETS,
@@ -31,7 +34,6 @@ from stable_layers.policy.model import (
 from stable_layers.policy.sampler import (
     Rollout,
     decode,
-    decompose,
     replay_log_prob,
     sample_group,
     sde_window,
@@ -53,6 +55,7 @@ __all__ = [
     "PEFT_WEIGHTS_NAME",
     "TINY_ASSETS",
     "Adapter",
+    "OdeMethod",
     "Policy",
     "PolicyLoadError",
     "Rollout",
@@ -69,6 +72,7 @@ __all__ = [
     "load_adapter",
     "load_lora",
     "load_policy",
+    "ode_sample",
     "read_adapter",
     "reference_policy",
     "replay_log_prob",
@@ -79,5 +83,6 @@ __all__ = [
     "sde_window",
     "tiny_installed",
     "tiny_pipeline",
+    "transformer_calls",
     "working_size",
 ]

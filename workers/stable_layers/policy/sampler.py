@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from stable_layers.layers import as_rgba_array, resize_layer
+from stable_layers.layers import as_rgba_array
 from stable_layers.policy.sde import SdeType, sde_step_with_logprob
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ __all__ = [
     "Condition",
     "Rollout",
     "decode",
-    "decompose",
     "predict_velocity",
     "prepare",
     "replay_log_prob",
@@ -345,7 +344,7 @@ def replay_log_prob(
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding and evaluation
+# Decoding (deterministic decomposition for evaluation: inference.py)
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def decode(
@@ -373,38 +372,3 @@ def decode(
     arr = pipe.image_processor.postprocess(pixels.float(), output_type="np")  # (B·L,H,W,4) in [0,1]
     images = [(a * 255).round().astype(np.uint8) for a in arr]
     return [images[i * n_layers : (i + 1) * n_layers] for i in range(batch)]
-
-
-@torch.no_grad()
-def decompose(
-    policy: Policy,
-    images: Sequence[np.ndarray | Image.Image],
-    *,
-    layers: int,
-    steps: int,
-    seed: int,
-    resolution: int,
-    cfg_scale: float = 1.0,
-) -> list[list[np.ndarray]]:
-    """Deterministic (ODE, Euler) decomposition for evaluation: per image, `layers` RGBA layers
-    resized back to the input's size. Image i's initial noise comes from `seed + i` (the release
-    seeds its inputs as 42 + index)."""
-    results = []
-    for i, image in enumerate(images):
-        gens = seed_generators([seed + i])
-        latents, cond = prepare(policy, image, resolution=resolution, layers=layers, generators=gens)
-        final, _, _, _ = _denoise(
-            policy,
-            latents,
-            cond,
-            steps,
-            window=[],
-            noise_level=0.0,
-            sde_type="flow",
-            generators=gens,
-            cfg_scale=cfg_scale,
-            cfg_normalize=False,
-        )
-        decoded = decode(policy, final, cond)[0]
-        results.append([resize_layer(layer, cond.source_size) for layer in decoded])
-    return results

@@ -8,6 +8,38 @@ from pydantic import Field, model_validator
 
 from stable_layers.spec.base import QWEN_LORA_TARGETS, Strict
 
+_PEFT_INITS = ("gaussian", "default", "zero_b")
+RELEASE_PROMPT = "a clean, well composed image"
+
+PROTOCOLS: dict[str, dict[str, object]] = {
+    "release": {
+        "sampler": "heun",
+        "steps": 50,
+        "cfgScale": 1.0,
+        "cfgNormalize": False,
+        "resolution": 640,
+        "layers": 4,
+        "prompt": RELEASE_PROMPT,
+        "seed": 42,
+    },
+    "qil": {"sampler": "euler", "steps": 50, "cfgScale": 4.0, "cfgNormalize": True, "resolution": 640, "layers": 4},
+}
+"""Published decomposition settings. `release`: the Stable-Layers release script (Heun, 50 steps,
+CFG off, long side 640, 4 layers, its fixed prompt, seed 42 + image index). `qil`: the
+Qwen-Image-Layered README (50 steps, true CFG 4 with `cfg_normalize`, the 640 bucket, 4 layers);
+the README auto-captions each image, which this project does not (its prompt is fixed)."""
+_SAMPLING = ("sampler", "steps", "cfgScale", "cfgNormalize", "resolution")
+
+
+def protocol_of(settings: dict[str, object]) -> tuple[str, list[str]]:
+    """(name of the protocol whose sampling settings these are, or `custom`; the protocol's other
+    settings that differ, e.g. `layers 'gt' (protocol: 4)`)."""
+    for name, proto in PROTOCOLS.items():
+        if all(settings.get(k) == proto[k] for k in _SAMPLING):
+            rest = [k for k in proto if k not in _SAMPLING and settings.get(k) != proto[k]]
+            return name, [f"{k} {settings.get(k)!r} (protocol: {proto[k]!r})" for k in rest]
+    return "custom", []
+
 
 class ModelSpec(Strict):
     base: str = "Qwen/Qwen-Image-Layered"
@@ -28,14 +60,11 @@ class ModelSpec(Strict):
     text_encoder: Literal["device", "cpu"] = "cpu"
     """Where the Qwen2.5-VL text encoder runs. The prompt is fixed, so it is encoded once; `cpu`
     keeps ~16 GB off the GPU (model.md §5). Default cpu [OURS]."""
-    prompt: str = "a clean, well composed image"
+    prompt: str = RELEASE_PROMPT
     """Fixed conditioning prompt. Default: the Stable-Layers release prompt [SL]."""
     gradient_checkpointing: bool = True
     """Recompute transformer activations in the backward pass; mandatory for the 20B model at
     640 px (model.md §5). Default true [FG]."""
-
-
-_PEFT_INITS = ("gaussian", "default", "zero_b")
 
 
 class LoraSpec(Strict):
@@ -69,6 +98,11 @@ class SamplerSpec(Strict):
     gives NaN with the terminal-stretched schedule (model.md §6.9)."""
     eval_steps: int = Field(50, ge=2, le=1000)
     """Denoising steps for evaluation. Default 50 [SL release / FG]."""
+    eval_sampler: Literal["heun", "euler"] = "heun"
+    """ODE solver of evaluation (and `stable-layers decompose`) on the pipeline's own sigma
+    schedule: `heun` (2nd order: two transformer calls per step, one on the last step to σ = 0,
+    so 50 steps cost 99 calls) or `euler` (the pipeline's `__call__`, one call per step). Default
+    heun [SL release: every published result used Heun, 50 steps]."""
     noise_level: float = Field(1.2, ge=0, le=5)
     """SDE noise level `a` (sigma_t = a·sqrt(t/(1−t))); 0 reproduces the deterministic sampler.
     Default 1.2 [FG Qwen-Image]; use ~0.8 with `sdeType: cps` [FG]."""
@@ -85,6 +119,10 @@ class SamplerSpec(Strict):
     cfg_scale: float = Field(1.0, ge=1.0)
     """True-CFG scale for rollouts and training; 1 disables CFG (one forward). Default 1 [SL release,
     flow_grpo README recommendation]."""
+    cfg_normalize: bool = False
+    """With `cfgScale > 1`: rescale the guided velocity to the conditional one's norm per token
+    (the pipeline's `cfg_normalize`; the QIL README uses it with CFG 4). Default false [SL release:
+    CFG off]."""
     resolution: int = Field(640, ge=32, le=2048)
     """Long side in pixels of the working size (sides rounded to multiples of 16 × VAE factor / 8).
     Default 640 [SL release]."""
