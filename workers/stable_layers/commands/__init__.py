@@ -1,6 +1,6 @@
 """CLI commands, one module per area; each imports its heavy dependencies lazily. `cli.py`
 registers them on the `stable-layers` app."""
 
-from stable_layers.commands import evaluate, pretrain, score, train
+from stable_layers.commands import decompose, evaluate, pretrain, score, train
 
-__all__ = ["evaluate", "pretrain", "score", "train"]
+__all__ = ["decompose", "evaluate", "pretrain", "score", "train"]

@@ -109,14 +109,19 @@ def decompose(
     cfg_normalize: bool = False,
     method: OdeMethod = "euler",
     batch_size: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[np.ndarray]]:
     """Deterministic decomposition: per image, `layers` RGBA uint8 layers (back to front) resized
     back to the input's size. Image i's initial noise comes from `seed + i` alone (the release
-    seeds its inputs as 42 + index), so results do not depend on `batch_size`, which batches
-    consecutive images of the same working size into one forward (up to fp rounding)."""
+    seeds its inputs as 42 + index; `seeds` gives each image's seed instead), so results do not
+    depend on `batch_size`, which batches consecutive images of the same working size into one
+    forward (equal up to float rounding)."""
     from stable_layers.layers import as_rgba_array
 
     arrays = [as_rgba_array(im) for im in images]
+    seeds = [seed + k for k in range(len(arrays))] if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(arrays):
+        raise ValueError(f"decompose: {len(seeds)} seeds for {len(arrays)} images")
     multiple = policy.pipe.vae_scale_factor * 2
     sizes = [working_size(a.shape[1], a.shape[0], resolution, multiple) for a in arrays]
     results: list[list[np.ndarray]] = []
@@ -126,7 +131,7 @@ def decompose(
         while j < len(arrays) and j - i < batch_size and sizes[j] == sizes[i]:
             j += 1
         prepared = [
-            prepare(policy, arrays[k], resolution=resolution, layers=layers, generators=seed_generators([seed + k]))
+            prepare(policy, arrays[k], resolution=resolution, layers=layers, generators=seed_generators([seeds[k]]))
             for k in range(i, j)
         ]
         cond = _merge([c for _, c in prepared])

@@ -31,14 +31,18 @@ the README auto-captions each image, which this project does not (its prompt is 
 _SAMPLING = ("sampler", "steps", "cfgScale", "cfgNormalize", "resolution")
 
 
-def protocol_of(settings: dict[str, object]) -> tuple[str, list[str]]:
+def protocol_of(settings: dict[str, object], reference: str | None = None) -> tuple[str, list[str]]:
     """(name of the protocol whose sampling settings these are, or `custom`; the protocol's other
-    settings that differ, e.g. `layers 'gt' (protocol: 4)`)."""
+    settings that differ, e.g. `layers 'gt' (protocol: 4)`). For `custom`, the differences are
+    those from protocol `reference` when one is given."""
+
+    def diff(proto: dict[str, object], keys: list[str]) -> list[str]:
+        return [f"{k} {settings.get(k)!r} (protocol: {proto[k]!r})" for k in keys if settings.get(k) != proto[k]]
+
     for name, proto in PROTOCOLS.items():
         if all(settings.get(k) == proto[k] for k in _SAMPLING):
-            rest = [k for k in proto if k not in _SAMPLING and settings.get(k) != proto[k]]
-            return name, [f"{k} {settings.get(k)!r} (protocol: {proto[k]!r})" for k in rest]
-    return "custom", []
+            return name, diff(proto, [k for k in proto if k not in _SAMPLING])
+    return "custom", diff(PROTOCOLS[reference], list(PROTOCOLS[reference])) if reference else []
 
 
 class ModelSpec(Strict):

@@ -207,6 +207,7 @@ def collect(
             seeds=seeds,
             window_start=window_start(spec, iteration, rec.id),
             latent_seed=latent_seed,
+            cfg_normalize=spec.sampler.cfg_normalize,
         )
         layers = decode(policy, rollout.final_latents, rollout)
         rollouts.append(LocalRollout(i, rec.id, cands, rollout))
