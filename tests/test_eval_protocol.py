@@ -60,3 +60,27 @@ def test_caller_supplied_decomposers_are_not_labelled_with_the_spec_protocol(tmp
     rep = run_evaluation(_spec(), "synthetic:heldout", tmp_path, limit=1, decomposers={"base": perfect})
     assert rep["protocol"]["decomposers"] == "caller-supplied decomposers"
     assert "not applicable" in rep["notes"][0]
+
+
+def test_eval_takes_a_peft_adapter_folder(tmp_path: Path) -> None:
+    """A PEFT-only folder (the format the Stable-Layers release ships) is a valid --checkpoint."""
+    import shutil
+
+    import torch
+
+    from stable_layers.policy import model
+
+    spec = _spec({"resolution": 32, "evalSteps": 2, "layers": 2}, layers=2)
+    policy = model.load_policy(spec)
+    with torch.no_grad():
+        for p in policy.lora_params:
+            p.normal_(0.0, 0.3)
+    model.save_lora(policy, tmp_path / "both")
+    peft_only = tmp_path / "peft"
+    peft_only.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tmp_path / "both" / name, peft_only)
+    rep = run_evaluation(spec, "synthetic:heldout", tmp_path / "rep", checkpoint=str(peft_only), limit=1)
+    assert set(rep["summary"]["models"]) == {"base", "finetuned"}
+    base, tuned = (rep["designs"][0][m]["metrics"] for m in ("base", "finetuned"))
+    assert base != tuned  # the adapter was applied

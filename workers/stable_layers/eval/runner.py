@@ -132,12 +132,15 @@ def _executor(workers: int) -> Executor:
 
 
 def _lora_dir(local: Path) -> Path:
-    from stable_layers.policy import LORA_WEIGHT_NAME
+    from stable_layers.policy import LORA_WEIGHT_NAME, PEFT_CONFIG_NAME
 
     for candidate in (local / "lora", local):
-        if (candidate / LORA_WEIGHT_NAME).is_file():
+        if (candidate / LORA_WEIGHT_NAME).is_file() or (candidate / PEFT_CONFIG_NAME).is_file():
             return candidate
-    raise FileNotFoundError(f"{local}: no lora/{LORA_WEIGHT_NAME}; pass a checkpoint written by training")
+    raise FileNotFoundError(
+        f"{local}: no lora/{LORA_WEIGHT_NAME} and no {PEFT_CONFIG_NAME}; pass a checkpoint written by training "
+        "or a PEFT adapter folder"
+    )
 
 
 def resolve_checkpoint(checkpoint: str, scratch: Path) -> Path:
@@ -159,11 +162,11 @@ def resolve_checkpoint(checkpoint: str, scratch: Path) -> Path:
 
 def model_decomposers(spec: RunSpec, lora_dir: Path | None) -> dict[str, Decomposer]:
     """Base (adapter off) and, with a LoRA, fine-tuned decomposers sharing one loaded pipeline."""
-    from stable_layers.policy import decompose, load_lora, load_policy, reference_policy
+    from stable_layers.policy import decompose, load_adapter, load_policy, reference_policy
 
     policy = load_policy(spec, with_lora=False)
     if lora_dir is not None:
-        load_lora(policy, lora_dir)
+        load_adapter(policy, lora_dir, "--checkpoint")  # a diffusers LoRA or a PEFT folder (the release's)
     s = spec.sampler
 
     def run(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
