@@ -192,11 +192,12 @@ def decompose(
     Exit code 0 when every image was decomposed, 1 when some were skipped (each named), 2 when
     nothing could be done (bad options, no readable input, a model or adapter that cannot load)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def fail(msg: str) -> typer.Exit:
-        console.print(f"[red]error:[/red] {msg}")
+        console.print(f"[red]error:[/red] {escape(msg)}")
         return typer.Exit(2)
 
     from stable_layers.spec import PROTOCOLS, SpecError, parse_run_spec, protocol_of
@@ -223,7 +224,7 @@ def decompose(
         raise fail(str(err)) from None
     jobs, problems = collect_inputs(inputs, settings["seed"])
     for p in problems:
-        console.print(f"[yellow]skipped[/yellow] {p}")
+        console.print(f"[yellow]skipped[/yellow] {escape(p)}")
     if not jobs:
         raise fail("no input image to decompose")
 
@@ -249,7 +250,8 @@ def decompose(
         f"{len(jobs)} image(s) · {settings['sampler']} {settings['steps']} steps "
         f"({transformer_calls(settings['steps'], settings['sampler'], settings['cfgScale'])} transformer calls), "
         f"CFG {settings['cfgScale']:g}, long side {settings['resolution']}, {settings['layers']} layers · "
-        f"protocol {label} · adapter {adapter}"
+        f"protocol {label} · adapter {adapter}",
+        markup=False,
     )
     meta_common = {
         "format": 1,
@@ -259,11 +261,15 @@ def decompose(
         "adapter": adapter,
         "layerOrder": "back to front: layer-00 is the background",
     }
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise fail(f"--out {out}: cannot create the output folder ({err})") from None
     skipped = _run_jobs(jobs, out, policy, run, settings, batch_size, meta_common, console, torch)
     done = len(jobs) - len(skipped)
     console.print(
-        f"decomposed {done} of {len(jobs)} image(s) into {out}" + (f"; skipped {len(skipped)}" if skipped else "")
+        f"decomposed {done} of {len(jobs)} image(s) into {out}" + (f"; skipped {len(skipped)}" if skipped else ""),
+        markup=False,
     )
     if skipped or problems:
         raise typer.Exit(1 if done else 2)
@@ -274,6 +280,8 @@ def _run_jobs(
     meta_common: dict[str, Any], console: Any, torch: Any,
 ) -> list[str]:  # fmt: skip
     """Decompose the jobs in batches, writing each result as it is done; returns the skipped ones."""
+    from rich.markup import escape
+
     from stable_layers.console import step_progress
 
     skipped: list[str] = []
@@ -290,7 +298,7 @@ def _run_jobs(
                     batch.append(job)
                 except OSError as err:
                     skipped.append(str(job.path))
-                    console.print(f"[yellow]skipped[/yellow] {err}")
+                    console.print(f"[yellow]skipped[/yellow] {escape(str(err))}")
             if batch:
                 with torch.no_grad():
                     results = run(
@@ -303,7 +311,7 @@ def _run_jobs(
                     meta = {**meta_common, "input": str(job.path), "seed": job.seed, "size": list(image.shape[1::-1])}
                     target = write_result(out, job, image, layers, meta)
                     if not tty:
-                        console.print(f"[{done + 1}/{len(jobs)}] {job.path.name} → {target}")
+                        console.print(f"[{done + 1}/{len(jobs)}] {job.path.name} → {target}", markup=False)
                     done += 1
             if bar is not None:
                 bar.update(
