@@ -103,7 +103,8 @@ class SamplerSpec(Strict):
     eval_steps: int = Field(50, ge=2, le=1000)
     """Denoising steps for evaluation. Default 50 [SL release / FG]."""
     eval_sampler: Literal["heun", "euler"] = "heun"
-    """ODE solver of evaluation (and `stable-layers decompose`) on the pipeline's own sigma
+    """ODE solver of evaluation (`stable-layers eval`, `train --evaluate`, the operator's
+    evaluation Jobs; `stable-layers decompose` has `--sampler`) on the pipeline's own sigma
     schedule: `heun` (2nd order: two transformer calls per step, one on the last step to σ = 0,
     so 50 steps cost 99 calls) or `euler` (the pipeline's `__call__`, one call per step). Default
     heun [SL release: every published result used Heun, 50 steps]."""
