@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stable_layers.policy import model
+from stable_layers.policy import decompose, model
 from stable_layers.policy import sampler as S
 from stable_layers.spec import RunSpec, SamplerSpec
 
@@ -195,8 +195,8 @@ def test_select_slices_every_per_sample_field(policy: model.Policy) -> None:
 
 def test_decompose_is_deterministic_and_returns_input_size(policy: model.Policy) -> None:
     imgs = [_image(40, 72), _image(64, 64)]
-    a = S.decompose(policy, imgs, layers=2, steps=3, seed=42, resolution=64)
-    b = S.decompose(policy, imgs, layers=2, steps=3, seed=42, resolution=64)
+    a = decompose(policy, imgs, layers=2, steps=3, seed=42, resolution=64)
+    b = decompose(policy, imgs, layers=2, steps=3, seed=42, resolution=64)
     assert [layer.shape for layer in a[0]] == [(40, 72, 4)] * 2
     assert [layer.shape for layer in a[1]] == [(64, 64, 4)] * 2
     assert all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))

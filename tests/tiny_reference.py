@@ -2,7 +2,7 @@
 
 Shared by the test and `scripts/make_tiny_reference.py` so both compute exactly the same thing:
 the product path (`model.load_policy` with `model.preset: tiny` → `from_pretrained`), one held-out
-design, `sampler.decompose` with a fixed seed.
+design, `policy.decompose` (Euler) with a fixed seed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def reference_output() -> dict[str, np.ndarray]:
     import torch
 
     from stable_layers.data.synthetic import make_design, split_seeds
-    from stable_layers.policy import sampler
+    from stable_layers.policy import decompose, sampler
     from stable_layers.policy.model import load_policy
     from stable_layers.spec import RunSpec
 
@@ -34,7 +34,7 @@ def reference_output() -> dict[str, np.ndarray]:
     with torch.no_grad():
         t = torch.tensor(500.0)
         velocity = sampler.predict_velocity(policy, latents, t, cond.image_latents, cond.img_shapes)
-    layers = sampler.decompose(policy, [design.image], layers=n, steps=STEPS, seed=SEED, resolution=SIZE)[0]
+    layers = decompose(policy, [design.image], layers=n, steps=STEPS, seed=SEED, resolution=SIZE)[0]
     return {
         "velocity": velocity.float().numpy(),
         "layers": np.stack(layers),

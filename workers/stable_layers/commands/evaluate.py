@@ -67,7 +67,9 @@ def evaluate(
 def _print_summary(console: object, report: dict, out: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report['dataset']['designs']} designs · report in {out}")
+    proto = report.get("protocol", {})
+    label = proto.get("name", "?") + (" (with differences, see notes)" if proto.get("differences") else "")
+    table = Table(title=f"{report['dataset']['designs']} designs · protocol {label} · report in {out}")
     models = list(report["summary"]["models"])
     table.add_column("metric")
     for m in models:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,6 +111,53 @@ def _callbacks(spec: Any, out: str, metrics_port: int | None, evaluate: bool = F
     return [cb for cb in found if cb is not None]
 
 
+class ProgressLines:
+    """A plain progress line every few optimizer steps, for when stderr is not a terminal (CI
+    logs, `nohup`): the progress bar is off there and the run would otherwise print nothing
+    between its first and last line. A training callback (rank 0)."""
+
+    def __init__(self, total: int, every: int | None = None) -> None:
+        self.total = total
+        self.every = every or max(1, min(10, total // 20))
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+
+    def on_step(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        if self.first_step is None:
+            self.first_step = step - 1  # a resumed run starts counting from its checkpoint
+        if step % self.every and step != self.total:
+            return
+        per_step = (time.monotonic() - self.started) / max(1, step - self.first_step)
+        eta = per_step * (self.total - step)
+        loss = record.get("loss")
+        print(
+            f"step {step}/{self.total} · reward {record['reward_mean']:.4f} (std {record['reward_std']:.4f}) · "
+            f"loss {loss if loss is None else format(loss, '+.3e')} · {per_step:.1f} s/step · "
+            f"eta {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_checkpoint(self, step: int, uri: str, seconds: float) -> None:
+        print(f"checkpoint step {step} committed: {uri} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _progress_lines(spec: Any, max_steps: int | None) -> list[Any]:
+    if sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:
+        return []
+    return [ProgressLines(max_steps or spec.grpo.max_steps)]
+
+
+def _check_output(out: str) -> None:
+    """Fail in a second, before a model loads, when --out cannot be used (an S3 store without
+    credentials, a missing bucket, an unwritable folder): one clear line instead of a failed
+    run's error records to the same unreachable store."""
+    from stable_layers.storage import open_store
+
+    open_store(out).check()
+
+
 def train(
     run_yaml: Annotated[
         Path,
@@ -167,6 +215,11 @@ def train(
     from stable_layers.trainer import is_launched_worker
 
     errors = _user_errors()
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            _check_output(out)
+        except errors as err:
+            raise _error(str(err)) from None
     nnodes, nproc = _world_wanted(nproc_per_node)
     if nnodes * nproc > 1 and not is_launched_worker():
         _launch(nnodes, nproc)
@@ -179,7 +232,7 @@ def train(
             out,
             max_steps=max_steps,
             resume=resume,
-            callbacks=_callbacks(spec, out, metrics_port, evaluate),
+            callbacks=[*_callbacks(spec, out, metrics_port, evaluate), *_progress_lines(spec, max_steps)],
             overlap_scoring=spec.reward.overlap and not no_overlap,
             show_progress=sys.stderr.isatty(),
         )
@@ -286,7 +339,14 @@ def demo(
     errors = _user_errors()
     t0 = time.monotonic()
     try:
-        record = run_training(spec, out, max_steps=steps, resume=True, show_progress=sys.stderr.isatty())
+        record = run_training(
+            spec,
+            out,
+            max_steps=steps,
+            resume=True,
+            callbacks=_progress_lines(spec, steps),
+            show_progress=sys.stderr.isatty(),
+        )
     except errors as err:
         raise _error(str(err)) from None
     train_s = time.monotonic() - t0

@@ -29,7 +29,7 @@ from stable_layers.eval.metrics import design_metrics
 from stable_layers.eval.report import GalleryItem, write_report
 from stable_layers.eval.summary import DesignResult, ModelResult, json_safe, summarise
 from stable_layers.layers import as_rgba_array
-from stable_layers.spec import EvalThresholds, RunSpec
+from stable_layers.spec import EvalThresholds, RunSpec, protocol_of
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,15 @@ def _executor(workers: int) -> Executor:
 
 
 def _lora_dir(local: Path) -> Path:
-    from stable_layers.policy import LORA_WEIGHT_NAME
+    from stable_layers.policy import LORA_WEIGHT_NAME, PEFT_CONFIG_NAME
 
     for candidate in (local / "lora", local):
-        if (candidate / LORA_WEIGHT_NAME).is_file():
+        if (candidate / LORA_WEIGHT_NAME).is_file() or (candidate / PEFT_CONFIG_NAME).is_file():
             return candidate
-    raise FileNotFoundError(f"{local}: no lora/{LORA_WEIGHT_NAME}; pass a checkpoint written by training")
+    raise FileNotFoundError(
+        f"{local}: no lora/{LORA_WEIGHT_NAME} and no {PEFT_CONFIG_NAME}; pass a checkpoint written by training "
+        "or a PEFT adapter folder"
+    )
 
 
 def resolve_checkpoint(checkpoint: str, scratch: Path) -> Path:
@@ -159,22 +162,25 @@ def resolve_checkpoint(checkpoint: str, scratch: Path) -> Path:
 
 def model_decomposers(spec: RunSpec, lora_dir: Path | None) -> dict[str, Decomposer]:
     """Base (adapter off) and, with a LoRA, fine-tuned decomposers sharing one loaded pipeline."""
-    from stable_layers.policy import decompose, load_lora, load_policy, reference_policy
+    from stable_layers.policy import decompose, load_adapter, load_policy, reference_policy
 
     policy = load_policy(spec, with_lora=False)
     if lora_dir is not None:
-        load_lora(policy, lora_dir)
+        load_adapter(policy, lora_dir, "--checkpoint")  # a diffusers LoRA or a PEFT folder (the release's)
     s = spec.sampler
 
     def run(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
-        kw = {
-            "layers": n_layers,
-            "steps": s.eval_steps,
-            "seed": seed,
-            "resolution": s.resolution,
-            "cfg_scale": s.cfg_scale,
-        }
-        return decompose(policy, [image], **kw)[0]
+        return decompose(
+            policy,
+            [image],
+            layers=n_layers,
+            steps=s.eval_steps,
+            seed=seed,
+            resolution=s.resolution,
+            cfg_scale=s.cfg_scale,
+            cfg_normalize=s.cfg_normalize,
+            method=s.eval_sampler,
+        )[0]
 
     def base(image: np.ndarray, n_layers: int, seed: int) -> list[np.ndarray]:
         with reference_policy(policy):
@@ -211,12 +217,17 @@ def run_evaluation(
     started = time.monotonic()
     designs, info = load_designs(data, spec, limit)
     with tempfile.TemporaryDirectory(prefix="stable-layers-eval-") as scratch:
+        own_model = decomposers is None
         if decomposers is None:
             lora = resolve_checkpoint(checkpoint, Path(scratch)) if checkpoint else None
             decomposers = model_decomposers(spec, lora)
         names = list(decomposers)
         results, gallery, decompose_s = _run(designs, decomposers, spec)
     summary = summarise(results, names, max_edits=ev.max_edits, resamples=ev.bootstrap, seed=ev.seed)
+    sampling = sampling_settings(spec)
+    protocol, differences = protocol_of(sampling)
+    # numbers of decomposers passed in (tests, other methods) were not made by these settings
+    protocol_scope = "model" if own_model else "caller-supplied decomposers"
     info["designs"] = len(results)
     if not results:
         raise EvalDataError(f"--data {data}: no design could be evaluated (skipped: {info.get('skipped')})")
@@ -229,15 +240,12 @@ def run_evaluation(
             "model": spec.model.preset or spec.model.base,
             "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "settings": {
-                "layers": ev.layers,
-                "seed": ev.seed,
+                **sampling,
                 "maxEdits": ev.max_edits,
-                "steps": spec.sampler.eval_steps,
-                "resolution": spec.sampler.resolution,
-                "cfgScale": spec.sampler.cfg_scale,
                 "bootstrap": ev.bootstrap,
                 "thresholds": ev.thresholds.model_dump(by_alias=True),
             },
+            "protocol": {"name": protocol, "differences": differences, "decomposers": protocol_scope},
             "dataset": info,
             "timing": {"seconds": round(time.monotonic() - started, 3), "decomposeSeconds": round(decompose_s, 3)},
             "summary": summary,
@@ -249,7 +257,7 @@ def run_evaluation(
                 }
                 for r in results
             ],
-            "notes": _notes(info, ev.layers),
+            "notes": [_protocol_note(protocol, differences, protocol_scope), *_notes(info, ev.layers)],
         }
     )
     where = write_report(out, report, gallery)
@@ -310,6 +318,29 @@ def _check_sizes(pred: list[np.ndarray], d: EvalDesign, name: str) -> None:
     bad = [p.shape[:2] for p in pred if p.shape[:2] != want]
     if not pred or bad:
         raise RuntimeError(f"{name} decomposition of {d.id}: got {len(pred)} layers of sizes {bad or '-'}, need {want}")
+
+
+def sampling_settings(spec: RunSpec) -> dict[str, Any]:
+    """The decomposition settings every model number of the report was produced with."""
+    s = spec.sampler
+    return {
+        "sampler": s.eval_sampler,
+        "steps": s.eval_steps,
+        "cfgScale": s.cfg_scale,
+        "cfgNormalize": s.cfg_normalize if s.cfg_scale > 1 else False,
+        "resolution": s.resolution,
+        "layers": spec.eval.layers,
+        "prompt": spec.model.prompt,
+        "seed": spec.eval.seed,
+    }
+
+
+def _protocol_note(name: str, differences: list[str], scope: str) -> str:
+    if scope != "model":
+        return "Protocol: not applicable — the layers came from caller-supplied decomposers, not the model."
+    label = {"release": "the Stable-Layers release protocol", "qil": "the Qwen-Image-Layered README protocol"}
+    head = f"Protocol: every number was produced with {label.get(name, 'custom settings (neither published protocol)')}"
+    return head + (f", except {'; '.join(differences)}." if differences else ".")
 
 
 def _notes(info: dict[str, Any], layers: Any) -> list[str]:

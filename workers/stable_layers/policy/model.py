@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stable_layers.policy.adapters import (
+    LORA_WEIGHT_NAME,
+    PolicyLoadError,
+    apply_adapter,
+    read_adapter,
+    write_peft_adapter,
+)
 from stable_layers.policy.tiny import tiny_pipeline
 from stable_layers.spec import LoraSpec, RunSpec
 
@@ -27,9 +34,11 @@ if TYPE_CHECKING:
     from diffusers import QwenImageLayeredPipeline, QwenImageTransformer2DModel
 
 __all__ = [
+    "LORA_WEIGHT_NAME",
     "TINY_ASSETS",
     "Policy",
     "PolicyLoadError",
+    "load_adapter",
     "load_lora",
     "load_policy",
     "reference_policy",
@@ -42,7 +51,6 @@ TINY_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "tiny"
 """Pipeline directory of the shipped `tiny` preset (written by `stable-layers pretrain-tiny`)."""
 NEGATIVE_PROMPT = " "
 """Negative prompt for true CFG (the upstream README's recommendation)."""
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Text-stream modules of the LAST block: their outputs only feed the text stream, which nothing
 # reads after the last block, so LoRA on them never gets a (non-zero) gradient (model.md §6.12).
@@ -52,10 +60,6 @@ _DEAD_IN_LAST_BLOCK = ("attn.to_add_out", "attn.add_q_proj", "txt_mlp.net.0.proj
 def tiny_installed() -> bool:
     """Whether the shipped `tiny` pipeline (trained weights) is installed at `TINY_ASSETS`."""
     return (TINY_ASSETS / "model_index.json").is_file()
-
-
-class PolicyLoadError(RuntimeError):
-    """The model or LoRA cannot be loaded; the message names the path/field and the fix."""
 
 
 @dataclass
@@ -147,7 +151,8 @@ def _encode(pipe: Any, prompt: str, device: torch.device) -> tuple[torch.Tensor,
 def _lora_config(lora: LoraSpec) -> Any:
     from peft import LoraConfig
 
-    init: bool | str = "gaussian" if lora.init == "gaussian" else True  # default / zero_b: Kaiming A, zero B
+    # default / zero_b / an adapter to start from: Kaiming A, zero B (the latter is then overwritten)
+    init: bool | str = "gaussian" if lora.init == "gaussian" else True
     return LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -235,6 +240,8 @@ def load_policy(spec: RunSpec, *, with_lora: bool = True, keep_text_encoder: boo
         for name, p in policy.transformer.named_parameters():
             if ".lora_" in name:
                 p.data = p.data.float()
+        if spec.lora.init_from is not None:
+            apply_adapter(policy.transformer, read_adapter(spec.lora.init_from, "lora.init"), "lora.init")
         if spec.model.gradient_checkpointing:
             policy.transformer.enable_gradient_checkpointing()
     return policy
@@ -267,9 +274,11 @@ def _adapter_metadata(transformer: Any) -> dict[str, Any]:
 
 
 def save_lora(policy: Policy, directory: str | Path) -> Path:
-    """Write the LoRA in diffusers' format (`pytorch_lora_weights.safetensors` with the peft config
-    as metadata, so `pipe.load_lora_weights` restores alpha). Files are written to a temporary
-    sibling directory first and then renamed into place, so a crash never leaves a half file."""
+    """Write the LoRA in both formats: diffusers' (`pytorch_lora_weights.safetensors` with the peft
+    config as metadata, so `pipe.load_lora_weights` restores alpha) and peft's
+    (`adapter_config.json` + `adapter_model.safetensors`, for `PeftModel.from_pretrained`). Files
+    are written to a temporary sibling directory first and then renamed into place, so a crash
+    never leaves a half file."""
     from diffusers import QwenImageLayeredPipeline
     from peft.utils import get_peft_model_state_dict
 
@@ -286,6 +295,7 @@ def save_lora(policy: Policy, directory: str | Path) -> Path:
             transformer_lora_adapter_metadata=_adapter_metadata(policy.transformer),
             weight_name=LORA_WEIGHT_NAME,
         )
+        write_peft_adapter(policy.transformer, tmp, state)
         if not target.exists():
             os.replace(tmp, target)
         else:
@@ -333,6 +343,13 @@ def load_lora(policy: Policy, directory: str | Path) -> None:
             f"unexpected {sorted(unexpected)[:3]}); check lora.targets"
         )
     set_peft_model_state_dict(policy.transformer, state, adapter_name="default")
+
+
+def load_adapter(policy: Policy, source: str | Path, field_name: str = "--adapter") -> None:
+    """Load any adapter `read_adapter` understands (PEFT folder, diffusers LoRA file, checkpoint
+    folder, hub id) into the policy: in place when it has a LoRA (rank, alpha and modules must
+    match), else as a new frozen adapter."""
+    apply_adapter(policy.transformer, read_adapter(source, field_name), field_name)
 
 
 def get_lora_keys(transformer: Any) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from stable_layers.layers import as_rgba_array, resize_layer
+from stable_layers.layers import as_rgba_array
 from stable_layers.policy.sde import SdeType, sde_step_with_logprob
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ __all__ = [
     "Condition",
     "Rollout",
     "decode",
-    "decompose",
     "predict_velocity",
     "prepare",
     "replay_log_prob",
@@ -256,12 +255,14 @@ def sample_group(
     seeds: list[int],
     window_start: int | None,
     cfg_normalize: bool = False,
+    latent_seed: int | None = None,
 ) -> Rollout:
     """Sample `group_size` candidates of one image in batched forwards and record the SDE window.
 
     Candidate b's initial noise and SDE noise come from `seeds[b]` alone, so it does not depend
-    on the other candidates (with `sampler.sameLatent` all candidates share `seeds[0]`'s initial
-    noise). Steps outside the window are deterministic Euler steps.
+    on the other candidates. With `sampler.sameLatent` all candidates share the initial noise of
+    `latent_seed` (default `seeds[0]`; a caller holding only part of a group passes candidate 0's
+    seed). Steps outside the window are deterministic Euler steps.
     """
     if len(seeds) != group_size:
         raise ValueError(f"sample_group: got {len(seeds)} seeds for group_size {group_size}")
@@ -270,7 +271,8 @@ def sample_group(
     if sampler.sde_type == "cps" and steps - 1 in window:
         raise ValueError("sampler.sdeType cps cannot train the last step (its std is 0); move the SDE window earlier")
     gens = seed_generators(seeds)
-    init_gens = seed_generators([seeds[0]] * group_size) if sampler.same_latent else gens
+    shared = seeds[0] if latent_seed is None else latent_seed
+    init_gens = seed_generators([shared] * group_size) if sampler.same_latent else gens
     latents, cond = prepare(policy, image, resolution=sampler.resolution, layers=sampler.layers, generators=init_gens)
     final, rec, _, sigmas = _denoise(
         policy,
@@ -342,7 +344,7 @@ def replay_log_prob(
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding and evaluation
+# Decoding (deterministic decomposition for evaluation: inference.py)
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def decode(
@@ -370,38 +372,3 @@ def decode(
     arr = pipe.image_processor.postprocess(pixels.float(), output_type="np")  # (B·L,H,W,4) in [0,1]
     images = [(a * 255).round().astype(np.uint8) for a in arr]
     return [images[i * n_layers : (i + 1) * n_layers] for i in range(batch)]
-
-
-@torch.no_grad()
-def decompose(
-    policy: Policy,
-    images: Sequence[np.ndarray | Image.Image],
-    *,
-    layers: int,
-    steps: int,
-    seed: int,
-    resolution: int,
-    cfg_scale: float = 1.0,
-) -> list[list[np.ndarray]]:
-    """Deterministic (ODE, Euler) decomposition for evaluation: per image, `layers` RGBA layers
-    resized back to the input's size. Image i's initial noise comes from `seed + i` (the release
-    seeds its inputs as 42 + index)."""
-    results = []
-    for i, image in enumerate(images):
-        gens = seed_generators([seed + i])
-        latents, cond = prepare(policy, image, resolution=resolution, layers=layers, generators=gens)
-        final, _, _, _ = _denoise(
-            policy,
-            latents,
-            cond,
-            steps,
-            window=[],
-            noise_level=0.0,
-            sde_type="flow",
-            generators=gens,
-            cfg_scale=cfg_scale,
-            cfg_normalize=False,
-        )
-        decoded = decode(policy, final, cond)[0]
-        results.append([resize_layer(layer, cond.source_size) for layer in decoded])
-    return results

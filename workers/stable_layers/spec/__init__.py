@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from stable_layers.spec.base import CRITERIA, QWEN_LORA_TARGETS, SpecError, Strict
 from stable_layers.spec.evaluation import CrelloEvalSpec, EvalSpec, EvalThresholds
 from stable_layers.spec.observability import MetricsSpec, RolloutsSpec
-from stable_layers.spec.policy import LoraSpec, ModelSpec, SamplerSpec
+from stable_layers.spec.policy import PROTOCOLS, RELEASE_PROMPT, LoraSpec, ModelSpec, SamplerSpec, protocol_of
 from stable_layers.spec.reward import (
     OpenAIJudgeSpec,
     PenaltySpec,
@@ -37,7 +37,9 @@ from stable_layers.spec.training import CheckpointSpec, DataSpec, DistributedSpe
 __all__ = [
     "CRITERIA",
     "EXAMPLE_RUNS",
+    "PROTOCOLS",
     "QWEN_LORA_TARGETS",
+    "RELEASE_PROMPT",
     "CheckpointSpec",
     "CrelloEvalSpec",
     "DataSpec",
@@ -63,6 +65,7 @@ __all__ = [
     "load_run_file",
     "load_run_spec",
     "parse_run_spec",
+    "protocol_of",
     "run_document",
 ]
 

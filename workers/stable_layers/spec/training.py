@@ -46,8 +46,10 @@ class GRPOSpec(Strict):
     images_per_iteration: int = Field(4, ge=1)
     """Unique images per iteration across all ranks; each is sampled G times. Default 4 [OURS]."""
     micro_batch_size: int = Field(1, ge=1)
-    """Samples per training forward; keep it equal to the rollout batch (method.md §1.3H).
-    Default 1 [FG]."""
+    """Candidates per training (replay) forward; a micro-batch never spans two rollouts. Replay
+    reproduces the rollout's log-probs bit for bit only when this equals the rollout batch (the
+    candidates of one group on one rank); any other value is exact in fp32 and equal to bf16
+    rounding otherwise (method.md §1.3H). Default 1 [FG]: the smallest activation memory."""
     max_steps: int = Field(600, ge=1)
     """Optimizer steps of the run. Default 600 [OURS; the SL release adapter is `checkpoint-600`]."""
     optimizer_steps_per_iteration: int = Field(2, ge=1)

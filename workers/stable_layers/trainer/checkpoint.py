@@ -4,6 +4,8 @@ A checkpoint directory (committed to the store by `storage.commit_checkpoint`, C
 
     lora/pytorch_lora_weights.safetensors   the adapter to evaluate or serve, diffusers format
                                             (EMA weights when grpo.ema is on)
+    lora/adapter_config.json                the same adapter as a PEFT folder:
+    lora/adapter_model.safetensors          PeftModel.from_pretrained(transformer, "<ckpt>/lora")
     trainer.pt                              optimizer state (every ZeRO shard), EMA, every rank's
                                             RNG states, the raw LoRA tensors when EMA is on
     trainer.json                            loop position: step, iteration, data epoch/offset

@@ -48,11 +48,22 @@ def derive_seed(*parts: object) -> int:
 
 
 def window_start(spec: RunSpec, iteration: int, image_id: str) -> int | None:
+    """First step of the SDE window: uniform on lo … hi − size, so the whole window lies in
+    `sdeWindowRange` [lo, hi) (flow_grpo's `randint(lo, hi - size)`)."""
     s = spec.sampler
     if s.sde_window_size == 0:
         return None
     lo, hi = s.sde_window_range
-    return random.Random(derive_seed(s.seed, iteration, image_id, "window")).randrange(lo, hi)
+    return random.Random(derive_seed(s.seed, iteration, image_id, "window")).randint(lo, hi - s.sde_window_size)
+
+
+def group_seeds(spec: RunSpec, iteration: int, image_id: str, cands: list[int]) -> tuple[list[int], int]:
+    """(noise seed of each candidate in `cands`, seed of the group's shared initial latent).
+
+    The shared latent (`sampler.sameLatent`) is candidate 0's seed whichever rank samples which
+    candidates, so a group split across ranks still shares one initial noise."""
+    s = spec.sampler
+    return [derive_seed(s.seed, iteration, image_id, c) for c in cands], derive_seed(s.seed, iteration, image_id, 0)
 
 
 def check_layout(spec: RunSpec, world_size: int) -> None:
@@ -187,7 +198,7 @@ def collect(
     wait = 0.0
     for i, cands in by_image.items():
         rec = images[i]
-        seeds = [derive_seed(spec.sampler.seed, iteration, rec.id, c) for c in cands]
+        seeds, latent_seed = group_seeds(spec, iteration, rec.id, cands)
         rollout = sample_group(
             policy,
             rec.image,
@@ -195,6 +206,8 @@ def collect(
             sampler=spec.sampler,
             seeds=seeds,
             window_start=window_start(spec, iteration, rec.id),
+            latent_seed=latent_seed,
+            cfg_normalize=spec.sampler.cfg_normalize,
         )
         layers = decode(policy, rollout.final_latents, rollout)
         rollouts.append(LocalRollout(i, rec.id, cands, rollout))

@@ -285,8 +285,8 @@ def train(
             try:
                 msg = f"{type(err).__name__}: {err}"[:500]
                 storage.write_progress(store, _progress(total_steps, loop, record, "Failed", last_ckpt, msg))
-            except Exception:
-                log.exception("could not write the Failed progress record")
+            except Exception as record_err:  # usually the same unreachable store: one line, not a traceback
+                log.error("could not write the Failed progress record: %s", record_err)
         raise
     finally:
         if scoring is not None:

@@ -37,8 +37,10 @@ from stable_layers.trainer.grpo import RatioConfig, SurrogateOutput, summarize, 
 
 
 class LoraEMA:
-    """EMA of the trainable tensors, decay `min((1+n)/(10+n), decay)` (flow_grpo's warm-up),
-    updated every `every` optimizer steps; `swapped()` puts the averages in place temporarily."""
+    """EMA of the trainable tensors, updated every `every` optimizer steps with decay
+    `min((1+s)/(10+s), decay)` where s is the optimizer step (flow_grpo's warm-up: it counts
+    optimizer steps, not EMA updates, so with `every: 8` the decay at step 40 is 0.82, not the
+    0.40 of the fifth update); `swap()` puts the averages in place temporarily."""
 
     def __init__(self, params: list[torch.Tensor], decay: float, every: int):
         self.params, self.decay, self.every = params, decay, every
@@ -49,10 +51,14 @@ class LoraEMA:
     def maybe_update(self, step: int) -> None:
         if step % self.every:
             return
-        d = min((1 + self.updates) / (10 + self.updates), self.decay)
+        d = self.current_decay(step)
         for s, p in zip(self.shadow, self.params, strict=True):
             s.mul_(d).add_(p.detach(), alpha=1 - d)
         self.updates += 1
+
+    def current_decay(self, step: int) -> float:
+        """The decay an update at optimizer step `step` (steps done, 1-based) uses."""
+        return min((1 + step) / (10 + step), self.decay)
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": [s.cpu() for s in self.shadow], "updates": self.updates}
