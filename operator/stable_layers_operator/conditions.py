@@ -5,7 +5,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-CONDITION_TYPES = ("JudgeReady", "Training", "Evaluating", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = (
+    "ChildRejected",
+    "ChildConflict",
+    "PodsReady",
+    "JudgeReady",
+    "Training",
+    "Evaluating",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+)
+STUCK_REASONS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+)
+"""Container waiting reasons that do not clear by themselves."""
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -73,3 +93,54 @@ def job_failure_message(job: dict[str, Any] | None) -> str:
 
 def ready_replicas(deployment: dict[str, Any] | None) -> int:
     return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def ownership(obj: dict[str, Any], kind: str, name: str, uid: str) -> str:
+    """`Owned` when the controller ownerReference is run `name` with `uid`; `Leftover` when it is a
+    run of the same name with another uid (a deleted run's child, awaiting garbage collection);
+    else `Foreign`. An empty `uid` (a body without one) matches any run of that name."""
+    controller = next(
+        (r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")), None
+    )
+    if controller is None or controller.get("kind") != kind or controller.get("name") != name:
+        return "Foreign"
+    if not uid or controller.get("uid") == uid:
+        return "Owned"
+    return "Leftover"
+
+
+def _age(created: str | None, now: datetime) -> str:
+    start = parse_time(created)
+    if start is None:
+        return ""
+    seconds = max(0, int((now - start).total_seconds()))
+    text = f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+    return f" for {text}"
+
+
+def pod_problems(pods: list[dict[str, Any]], now: datetime) -> list[tuple[str, str]]:
+    """(reason, message) per pod that is not running as it should: unschedulable, a container
+    waiting (ImagePullBackOff, CrashLoopBackOff, ContainerCreating, ...), or still Pending."""
+    out = []
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        name, age = meta.get("name", "?"), _age(meta.get("creationTimestamp"), now)
+        sched = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+        if sched is not None and sched.get("status") == "False":
+            reason = sched.get("reason") or "Unschedulable"
+            out.append((reason, f"pod {name} {reason}{age}: {sched.get('message', '')}".rstrip(": ")))
+            continue
+        statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        waiting = [(c.get("name", "?"), (c.get("state") or {}).get("waiting")) for c in statuses]
+        waiting = [(c, w) for c, w in waiting if w]
+        if waiting:
+            stuck = [(c, w) for c, w in waiting if w.get("reason") in STUCK_REASONS] or waiting
+            container, w = stuck[0]
+            reason = w.get("reason") or "Waiting"
+            detail = f": {w['message']}" if w.get("message") else ""
+            out.append((reason, f"pod {name} container {container} {reason}{age}{detail}"))
+        elif status.get("phase") == "Pending":
+            out.append(("Pending", f"pod {name} Pending{age}"))
+    return out
