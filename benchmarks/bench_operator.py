@@ -9,8 +9,9 @@ entry point, with a kubeconfig pointing at kmock) so its CPU and memory are meas
    Training; the operator's CPU seconds and peak RSS meanwhile.
 3. Steady state: operator CPU while polling all runs (progress.json in S3, Job state) every
    `--interval` seconds.
-4. `--steady N`: N runs in steady state (all Training) on a fresh operator: API requests per run
-   per minute beyond the watches (counted by kmock, by verb), operator CPU and RSS.
+4. `--steady N`: N runs in steady state (all Training, their trainer pods Running) on a fresh
+   operator: API requests per run per minute beyond the watches (counted by kmock, by verb),
+   operator CPU and RSS.
 5. `--secrets N`: N runs, each with its own S3 Secret (distinct credentials), on a fresh operator:
    operator RSS once every run has been polled.
 
@@ -147,6 +148,10 @@ def steady(endpoint: str, keys: dict[str, str], runs: int, interval: float, wind
         for name in names:
             cluster.create_run(name, spec(endpoint, name))
         took = wait_all_polled(cluster, names, timeout=900)
+        running = {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}
+        for name in names:  # play the kubelet: a healthy cluster's pods (2 trainer nodes per run)
+            for rank in range(2):
+                cluster.create_pod(f"{name}-trainer-0-{rank}-x", name, "trainer", running)
         time.sleep(2 * interval)  # settle: every run past its first passes
         before, cpu0, t0 = len(api_requests(cluster)), sum(proc.cpu_times()[:2]), time.perf_counter()
         time.sleep(window)

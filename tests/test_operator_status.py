@@ -14,7 +14,7 @@ from test_operator_children import FakeCluster, FakeStore
 
 from stable_layers_operator import manifests
 from stable_layers_operator import status as stw
-from stable_layers_operator.conditions import ownership, pod_problems
+from stable_layers_operator.conditions import ownership, pod_problems, run_pod_problems
 from stable_layers_operator.kube import ApiError
 from stable_layers_operator.reconcile import CONFLICT_GRACE_SECONDS, Reconciler
 from stable_layers_operator.resource import StableLayersRunStatus, parse_run
@@ -161,6 +161,22 @@ def test_pod_problems_name_the_reason_and_age() -> None:
         {"metadata": {"name": "c"}, "status": {"phase": "Succeeded"}},
     ]
     assert pod_problems(pods, NOW) == [("ErrImagePull", "pod b container main ErrImagePull for 5m")]
+    # Coarse on purpose: polls within the same minute write the same status (no write per poll).
+    assert pod_problems(pods, NOW + timedelta(seconds=40)) == pod_problems(pods, NOW)
+
+
+def test_a_job_that_never_gets_pods_shows_as_no_pods() -> None:
+    created = (NOW - timedelta(seconds=90)).isoformat().replace("+00:00", "Z")
+    job = {"metadata": {"name": "demo-trainer-0", "creationTimestamp": created}, "status": {}}
+    ((reason, message),) = run_pod_problems([], job, None, NOW)
+    assert reason == "NoPods" and "demo-trainer-0 has had no pods for 1m" in message
+    assert run_pod_problems([], job, None, NOW - timedelta(seconds=40)) == []  # still within the grace
+    judge = {"status": {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                        "message": 'pods "demo-judge-x" is forbidden: violates PodSecurity'}]}}  # fmt: skip
+    assert run_pod_problems([], None, judge, NOW)[0] == (
+        "FailedCreate",
+        'judge: pods "demo-judge-x" is forbidden: violates PodSecurity',
+    )
 
 
 def test_progress_deadline_counts_from_the_last_new_step() -> None:

@@ -109,13 +109,21 @@ def ownership(obj: dict[str, Any], kind: str, name: str, uid: str) -> str:
     return "Leftover"
 
 
-def _age(created: str | None, now: datetime) -> str:
+def age(created: str | None, now: datetime) -> str:
+    """` for 3m`-style age, coarse on purpose: the message lands in status, and a text that changed
+    every poll would rewrite the status every poll (under a minute, per minute up to 10 m, per
+    10 minutes up to 2 h, then per hour)."""
     start = parse_time(created)
     if start is None:
         return ""
-    seconds = max(0, int((now - start).total_seconds()))
-    text = f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
-    return f" for {text}"
+    minutes = max(0, int((now - start).total_seconds())) // 60
+    if minutes < 1:
+        return " for <1m"
+    if minutes < 10:
+        return f" for {minutes}m"
+    if minutes < 120:
+        return f" for {minutes // 10 * 10}m"
+    return f" for {minutes // 60}h"
 
 
 def pod_problems(pods: list[dict[str, Any]], now: datetime) -> list[tuple[str, str]]:
@@ -126,11 +134,11 @@ def pod_problems(pods: list[dict[str, Any]], now: datetime) -> list[tuple[str, s
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
             continue
-        name, age = meta.get("name", "?"), _age(meta.get("creationTimestamp"), now)
+        name, since = meta.get("name", "?"), age(meta.get("creationTimestamp"), now)
         sched = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
         if sched is not None and sched.get("status") == "False":
             reason = sched.get("reason") or "Unschedulable"
-            out.append((reason, f"pod {name} {reason}{age}: {sched.get('message', '')}".rstrip(": ")))
+            out.append((reason, f"pod {name} {reason}{since}: {sched.get('message', '')}".rstrip(": ")))
             continue
         statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         waiting = [(c.get("name", "?"), (c.get("state") or {}).get("waiting")) for c in statuses]
@@ -140,7 +148,37 @@ def pod_problems(pods: list[dict[str, Any]], now: datetime) -> list[tuple[str, s
             container, w = stuck[0]
             reason = w.get("reason") or "Waiting"
             detail = f": {w['message']}" if w.get("message") else ""
-            out.append((reason, f"pod {name} container {container} {reason}{age}{detail}"))
+            out.append((reason, f"pod {name} container {container} {reason}{since}{detail}"))
         elif status.get("phase") == "Pending":
-            out.append(("Pending", f"pod {name} Pending{age}"))
+            out.append(("Pending", f"pod {name} Pending{since}"))
     return out
+
+
+NO_POD_GRACE_SECONDS = 60
+"""A trainer Job without any pod for this long: its controller cannot create them."""
+
+
+def run_pod_problems(
+    pods: list[dict[str, Any]], trainer: dict[str, Any] | None, judge: dict[str, Any] | None, now: datetime
+) -> list[tuple[str, str]]:
+    """`pod_problems`, plus the judge Deployment's ReplicaFailure and a running trainer Job that has
+    had no pod for `NO_POD_GRACE_SECONDS` (FailedCreate: quota, pod security)."""
+    problems = pod_problems(pods, now)
+    for cond in ((judge or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            problems.insert(0, (cond.get("reason") or "FailedCreate", f"judge: {cond.get('message', '')}"))
+    meta = (trainer or {}).get("metadata") or {}
+    created = parse_time(meta.get("creationTimestamp"))
+    has_pods = any(
+        ((p.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "trainer" for p in pods
+    )
+    waited = (now - created).total_seconds() if created is not None else 0.0
+    if waited > NO_POD_GRACE_SECONDS and not has_pods and job_state(trainer) == "Running":
+        name = meta.get("name", "?")
+        since = age(meta.get("creationTimestamp"), now)
+        problems.append((
+            "NoPods",
+            f"Job {name} has had no pods{since}: the Job controller cannot create them (quota, pod security?); "
+            f"see kubectl describe job {name}",
+        ))  # fmt: skip
+    return problems

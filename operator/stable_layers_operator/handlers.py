@@ -127,6 +127,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if "cluster" not in memo:
             memo.cluster = config.cluster_factory()
         memo.statuses = {}
+        memo.written = {}
         memo.locks = {}
         memo.indexes = {}
         memo.due = {}
@@ -180,9 +181,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             config.metrics.observe_phase(key[0], key[1], desired.get("phase"))
             for action in outcome.actions:
                 logger.info(action)
-            diff = stw.patch(current, desired)
+            # Diff against what this operator last wrote: the watch may not have delivered it yet,
+            # and re-sending it would double the writes.
+            w_uid, written = memo.written.get(key, (None, None))
+            base = written if written is not None and w_uid == meta.get("uid") else current
+            diff = stw.patch(base, desired)
             if diff:
-                await asyncio.to_thread(write_status, memo.cluster, key, diff, desired, logger)
+                log.debug("status of %s/%s: writing %s", key[0], key[1], sorted(diff))
+                if await asyncio.to_thread(write_status, memo.cluster, key, diff, desired, logger):
+                    memo.written[key] = (meta.get("uid"), desired)
         if outcome.delete_run:
             logger.info("ttlSecondsAfterFinished passed: deleting the run")
             try:
@@ -190,22 +197,28 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             except ApiError as err:
                 logger.warning(f"cannot delete the run after its TTL: {err}")
 
-    def write_status(cluster: Cluster, key: tuple[str, str], diff: dict[str, Any], desired: Any, logger: Any) -> None:
+    def write_status(cluster: Cluster, key: tuple[str, str], diff: dict[str, Any], desired: Any, logger: Any) -> bool:
+        """True when the whole diff was written."""
         try:
             cluster.patch_status(key[0], key[1], diff)
-            return
+            return True
         except ApiError as err:
             if err.status == 404:
-                return  # the run is gone
+                return False  # the run is gone
             config.metrics.status_errors.labels(str(err.status)).inc()
             logger.warning(f"status update refused, retried at the next poll: {err}")
             if not err.permanent:
-                return
+                return False
             refusal = str(err)
+        except Exception as err:  # connection refused/reset, timeout: the next poll retries
+            config.metrics.status_errors.labels(type(err).__name__).inc()
+            logger.warning(f"status update failed, retried at the next poll: {err}")
+            return False
         try:
             cluster.patch_status(key[0], key[1], stw.fallback(desired, refusal))
-        except ApiError as err:
+        except Exception as err:
             logger.warning(f"minimal status update refused too: {err}")
+        return False
 
     def _next_interval() -> float:
         return config.interval * random.uniform(1 - config.jitter, 1 + config.jitter)
@@ -217,7 +230,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             now = loop.time()
             runs = {key: _latest(memo, key) for key in list(memo.indexes.get("runs_index") or {})}
             for key in [k for k in memo.statuses if k not in runs]:  # deleted runs
-                for store in (memo.statuses, memo.locks, memo.due):
+                for store in (memo.statuses, memo.written, memo.locks, memo.due):
                     store.pop(key, None)
                 config.metrics.observe_phase(key[0], key[1], None)
             for key, body in runs.items():

@@ -23,9 +23,9 @@ from stable_layers_operator.conditions import (
     job_state,
     ownership,
     parse_time,
-    pod_problems,
     ready_replicas,
     rfc3339,
+    run_pod_problems,
 )
 from stable_layers_operator.kube import ApiError
 from stable_layers_operator.passbase import CONFLICT_GRACE_SECONDS, Outcome, PassBase, Stop, StoreOpener
@@ -234,39 +234,20 @@ class Reconciler(PassBase):
         return "Running"
 
     def _pods(self) -> None:
-        """Condition PodsReady from the run's pods (and the judge Deployment's ReplicaFailure): a
-        pod that cannot be scheduled or whose container waits shows here, with its age."""
+        """Condition PodsReady from the run's pods, the trainer Job and the judge Deployment: a pod
+        that cannot be scheduled, whose container waits, or that cannot even be created shows here."""
         pods = self.cluster.pods(self.owner.namespace, f"{ch.RUN_LABEL}={self.owner.name}")
-        problems = pod_problems(pods, self.now)
+        job = self.st["children"].get("trainerJob")
+        trainer = self.cluster.get("Job", self.owner.namespace, job) if job else None
         judge = (
             self.cluster.get("Deployment", self.owner.namespace, self.names.judge)
             if ch.judge_needed(self.spec)
             else None
         )
-        for cond in ((judge or {}).get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-                problems.insert(0, (cond.get("reason") or "FailedCreate", f"judge: {cond.get('message', '')}"))
-        job = self.st["children"].get("trainerJob")
-        current = self.cluster.get("Job", self.owner.namespace, job) if job else None
-        created = parse_time(((current or {}).get("metadata") or {}).get("creationTimestamp"))
-        trainer_pods = [
-            p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(ch.COMPONENT_LABEL) == "trainer"
-        ]
-        if created is not None and not trainer_pods and job_state(current) == "Running":
-            waited = (self.now - created).total_seconds()
-            if waited > 60:
-                problems.append(
-                    (
-                        "NoPods",
-                        f"Job {job} has no pods after {waited:.0f} s: the Job controller cannot "
-                        f"create them (quota, pod security?); see kubectl describe job {job}",
-                    )
-                )
+        problems = run_pod_problems(pods, trainer, judge, self.now)
         if problems:
-            shown = "; ".join(m for _, m in problems[:5]) + (
-                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-            )
-            self._cond("PodsReady", False, problems[0][0], shown)
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            self._cond("PodsReady", False, problems[0][0], "; ".join(m for _, m in problems[:5]) + more)
         elif pods:
             self._cond("PodsReady", True, "Running", f"{len(pods)} pod(s) running")
 
