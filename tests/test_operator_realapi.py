@@ -104,16 +104,18 @@ def test_an_outage_of_status_writes_does_not_hold_up_the_run(cluster: EmulatedCl
     """While every status write gets a 500, passes go on: a failed trainer is restarted at once
     (kopf retried its status patch for ~a minute inside the timer, and nothing else happened)."""
     name = "outage"
-    cluster.create_run(name, spec_for(s3, name))
+    cluster.create_run(name, spec_for(s3, name, backoffLimit=5))
     training(cluster, name)
     rule = cluster.refuse("PATCH", f"/stablelayersruns/{name}/status", 500, "etcdserver: request timed out")
     try:
         cluster.set_job_state(f"{name}-trainer-0", "Failed")
-        wait_for(lambda: cluster.exists("Job", f"{name}-trainer-1"), "restart during the outage", timeout=10)
+        wait_for(lambda: cluster.exists("Job", f"{name}-trainer-1"), "first restart during the outage", timeout=10)
         wait_for(lambda: rule.seen >= 1, "the restart's status write refused", timeout=10)
+        cluster.set_job_state(f"{name}-trainer-1", "Failed")
+        wait_for(lambda: cluster.exists("Job", f"{name}-trainer-2"), "second restart during the outage", timeout=10)
     finally:
         cluster.allow(rule)
-    wait_for(lambda: status(cluster, name).get("restarts") == 1, "status caught up after the outage")
+    wait_for(lambda: status(cluster, name).get("restarts") == 2, "status caught up after the outage")
 
 
 def test_non_finite_loss_becomes_null_and_the_run_goes_on(cluster: EmulatedCluster, s3: str) -> None:
