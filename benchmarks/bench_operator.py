@@ -89,14 +89,27 @@ class Sampler(threading.Thread):
             time.sleep(0.05)
 
 
+def passes(port: int) -> float:
+    """Reconcile passes the operator has finished (its own histogram's count)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("stablelayers_operator_reconcile_seconds_count"):
+                return float(line.split()[-1])
+    return 0.0
+
+
 def start_operator(cluster: EmulatedCluster, interval: float, tmp: str, tag: str) -> tuple[subprocess.Popen, Any]:
     kubeconfig = os.path.join(tmp, f"kubeconfig-{tag}")
     cluster.kubeconfig(kubeconfig)
     env = {**os.environ, "KUBECONFIG": kubeconfig, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "stable_layers_operator", "--interval", str(interval)]
-    cmd += ["--metrics-port", str(free_port()), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    port = free_port()
+    cmd += ["--metrics-port", str(port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
     log = open(os.path.join(tmp, f"operator-{tag}.log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc.metrics_port = port  # type: ignore[attr-defined]
     return proc, log
 
 
@@ -154,8 +167,10 @@ def steady(endpoint: str, keys: dict[str, str], runs: int, interval: float, wind
                 cluster.create_pod(f"{name}-trainer-0-{rank}-x", name, "trainer", running)
         time.sleep(2 * interval)  # settle: every run past its first passes
         before, cpu0, t0 = len(api_requests(cluster)), sum(proc.cpu_times()[:2]), time.perf_counter()
+        passes0 = passes(operator.metrics_port)  # type: ignore[attr-defined]
         time.sleep(window)
         seen = api_requests(cluster)[before:]
+        done = passes(operator.metrics_port) - passes0  # type: ignore[attr-defined]
         elapsed = time.perf_counter() - t0
         cpu = (sum(proc.cpu_times()[:2]) - cpu0) / elapsed
         rss = proc.memory_info().rss
@@ -165,6 +180,8 @@ def steady(endpoint: str, keys: dict[str, str], runs: int, interval: float, wind
         per = len(seen) / runs / (elapsed / 60)
         print(f"steady state, {runs} runs (all Training after {took:.0f} s), interval {interval:g} s, "
               f"window {elapsed:.0f} s:")  # fmt: skip
+        print(f"  reconcile passes: {done / runs / (elapsed / 60):.2f} per run per minute "
+              f"(configured: {60 / interval:.1f}); CPU per pass {1000 * cpu * elapsed / max(done, 1):.1f} ms")  # fmt: skip
         print(f"  API requests beyond watches: {len(seen)} = {per:.2f} per run per minute")
         for item, count in sorted(by_verb.items(), key=lambda kv: -kv[1]):
             print(f"    {item}: {count / runs / (elapsed / 60):.2f} per run per minute")

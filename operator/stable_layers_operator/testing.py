@@ -351,7 +351,7 @@ class EmulatedCluster:
             "spec": {"containers": [{"name": component, "image": "x"}]},
             "status": status,
         }
-        KubeCluster(self.api).create(obj)
+        self._request("POST", f"/api/v1/namespaces/{self.namespace}/pods", obj)
 
     def operator_requests(self) -> set[tuple[str, str, str]]:
         """(apiGroup, resource[/subresource], RBAC verb) of every request the operator (its client
