@@ -322,6 +322,30 @@ def test_judge_loading_is_reported_in_status_not_as_errors(
     assert condition(status(cluster, name), "JudgeReady")["reason"] == "Loading"
 
 
+def test_a_failing_poller_tick_does_not_stop_polling(
+    cluster: EmulatedCluster, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stable_layers_operator import handlers
+
+    name = "ticks"
+    store = store_of(s3, name)
+    cluster.create_run(name, spec_for(s3, name))
+    training(cluster, name)
+    calls = {"n": 0}
+    latest = handlers._latest
+
+    def flaky(memo: Any, key: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("index changed under the poller")
+        return latest(memo, key)
+
+    monkeypatch.setattr(handlers, "_latest", flaky)
+    progress(store, 7)
+    wait_for(lambda: status(cluster, name).get("step") == 7, "polling goes on after failing ticks")
+    assert calls["n"] > 3
+
+
 def test_rbac_grants_every_call_the_operator_made(cluster: EmulatedCluster) -> None:
     """Recorded, not listed: every request the operator and kopf sent during this module (runs,
     status, children, pods, Secrets, deletion) is allowed by the RBAC in manifests/ and the chart."""

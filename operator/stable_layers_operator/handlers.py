@@ -224,25 +224,30 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         return config.interval * random.uniform(1 - config.jitter, 1 + config.jitter)
 
     async def poll_forever(memo: kopf.Memo, logger: Any) -> None:
-        loop = asyncio.get_running_loop()
         tick = min(1.0, config.interval / 4)
         while True:
-            now = loop.time()
-            runs = {key: _latest(memo, key) for key in list(memo.indexes.get("runs_index") or {})}
-            for key in [k for k in memo.statuses if k not in runs]:  # deleted runs
-                for store in (memo.statuses, memo.written, memo.locks, memo.due):
-                    store.pop(key, None)
-                config.metrics.observe_phase(key[0], key[1], None)
-            for key, body in runs.items():
-                if body is None:
-                    continue
-                if memo.due.get(key, 0.0) > now or memo.locks.get(key, asyncio.Lock()).locked():
-                    continue
-                memo.due[key] = now + _next_interval()
-                task = asyncio.create_task(poll_one(body, memo))
-                memo.tasks.add(task)
-                task.add_done_callback(memo.tasks.discard)
+            try:
+                schedule(memo)
+            except Exception as err:  # never let one bad tick end every run's polling
+                logger.exception(f"poller tick failed: {err}")
             await asyncio.sleep(tick)
+
+    def schedule(memo: kopf.Memo) -> None:
+        """Start a pass for every run that is due and not in a pass already."""
+        now = asyncio.get_running_loop().time()
+        runs = {key: _latest(memo, key) for key in list(memo.indexes.get("runs_index") or {})}
+        for key in [k for k in memo.statuses if k not in runs]:  # deleted runs
+            for store in (memo.statuses, memo.written, memo.locks, memo.due):
+                store.pop(key, None)
+            config.metrics.observe_phase(key[0], key[1], None)
+        for key, body in runs.items():
+            lock = memo.locks.get(key)
+            if body is None or memo.due.get(key, 0.0) > now or (lock is not None and lock.locked()):
+                continue
+            memo.due[key] = now + _next_interval()
+            task = asyncio.create_task(poll_one(body, memo))
+            memo.tasks.add(task)
+            task.add_done_callback(memo.tasks.discard)
 
     async def poll_one(body: Any, memo: kopf.Memo) -> None:
         meta = body["metadata"]
@@ -299,6 +304,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.probe(registry=registry, id="runs")
     def runs_known(memo: kopf.Memo, **_: Any) -> int:
+        poller = memo.get("poller")
+        if poller is not None and poller.done():
+            # The liveness endpoint fails, so the kubelet restarts an operator that stopped polling.
+            raise RuntimeError("the run poller has stopped")
         return len(memo.get("indexes", {}).get("runs_index") or {})
 
 
