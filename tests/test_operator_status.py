@@ -299,3 +299,12 @@ def test_s3_clients_share_one_session_and_the_cache_is_bounded() -> None:
     creds = progress._s3_client("http://127.0.0.1:1", "us-east-1", "key-5", "secret-5")._request_signer._credentials
     assert (creds.access_key, creds.secret_key) == ("key-5", "secret-5")
     progress._clients.clear()
+
+
+def test_polls_are_jittered_within_the_interval() -> None:
+    from stable_layers_operator.handlers import OperatorConfig, next_interval
+
+    config = OperatorConfig(interval=10.0, jitter=0.1, cluster_factory=FakeCluster)
+    delays = [next_interval(config) for _ in range(500)]
+    assert 9.0 <= min(delays) < 9.5 and 10.5 < max(delays) <= 11.0
+    assert len({round(d, 3) for d in delays}) > 400  # spread, not lockstep

@@ -75,6 +75,12 @@ def _plain(body: Any) -> dict[str, Any]:
 status_patch = stw.patch  # the name earlier callers import
 
 
+def next_interval(config: OperatorConfig) -> float:
+    """Seconds to a run's next poll: runs created together (a burst, an operator restart) spread
+    over the interval instead of polling in lockstep."""
+    return config.interval * random.uniform(1 - config.jitter, 1 + config.jitter)
+
+
 def _key(meta: Any) -> tuple[str, str]:
     return (meta.get("namespace") or "default", meta["name"])
 
@@ -221,7 +227,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         return False
 
     def _next_interval() -> float:
-        return config.interval * random.uniform(1 - config.jitter, 1 + config.jitter)
+        return next_interval(config)
 
     async def poll_forever(memo: kopf.Memo, logger: Any) -> None:
         tick = min(1.0, config.interval / 4)
