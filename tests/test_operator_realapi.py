@@ -130,9 +130,7 @@ def test_non_finite_loss_becomes_null_and_the_run_goes_on(cluster: EmulatedClust
     wait_for(lambda: status(cluster, name).get("loss") == 0.5, "a finite loss again")
 
 
-def test_permanently_refused_status_leaves_a_minimal_status_naming_the_refusal(
-    cluster: EmulatedCluster, s3: str
-) -> None:
+def test_a_422_on_status_is_retried_and_recovers(cluster: EmulatedCluster, s3: str) -> None:
     name = "refused-422"
     store = store_of(s3, name)
     cluster.create_run(name, spec_for(s3, name))
