@@ -315,8 +315,10 @@ def test_chart_rbac_equals_manifests_rbac() -> None:
     # Namespaced mode grants the same triples, just split over a ClusterRole and per-namespace Roles.
     docs = render(values=ALL_OPTIONAL)
     cluster = normalise_rules([r for role in by_kind(docs, "ClusterRole") for r in role["rules"]])
+    # Each watched namespace's Role also grants Secrets (never cluster-wide).
+    secrets = sync_chart_files.manifest_rules(secrets=True)
     for role in by_kind(docs, "Role"):
-        assert cluster | normalise_rules(role["rules"]) == normalise_rules(sync_chart_files.manifest_rules())
+        assert cluster | normalise_rules(role["rules"]) == normalise_rules(sync_chart_files.manifest_rules() + secrets)
 
 
 def test_prometheus_rule_ships_the_observability_alerts() -> None:

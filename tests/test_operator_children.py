@@ -192,6 +192,9 @@ class FakeCluster:
     def delete_run(self, namespace: str, name: str) -> None:
         self.deleted.append(f"run/{name}")
 
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return []
+
     def fail(self, name: str) -> None:
         self.objects[("Job", name)]["status"] = {
             "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]

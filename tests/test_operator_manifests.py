@@ -74,7 +74,8 @@ def test_crd_carries_docstrings_types_and_bounds_from_pydantic() -> None:
     window = run["sampler"]["properties"]["sdeWindowRange"]
     assert window == {**window, "type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer"}}
     preset = run["model"]["properties"]["preset"]
-    assert preset["nullable"] is True and preset["enum"] == ["tiny", "tiny-random"]
+    # null listed: the API server checks enum membership for an explicit null too.
+    assert preset["nullable"] is True and preset["enum"] == ["tiny", "tiny-random", None]
     assert run["eval"]["properties"]["layers"]["x-kubernetes-int-or-string"] is True
     assert run["lora"]["properties"]["alpha"]["exclusiveMinimum"] is True
     storage = crd_schema()["properties"]["spec"]["properties"]["storage"]
@@ -151,10 +152,14 @@ def test_crd_schema_rejects_bad_runs_too() -> None:
 
 
 def test_rbac_is_least_privilege_and_covers_every_call() -> None:
+    """Every granted verb is one the code uses (the other direction, every request allowed, is
+    recorded against kmock in tests/test_operator_realapi.py)."""
+    from stable_layers_operator import handlers
+
     objs = manifests.rbac()
     for obj in [*objs, manifests.operator_deployment(), manifests.namespace_object()]:
         k8s_validate(obj)
-    rules = manifests.RBAC_RULES
+    rules = manifests.RBAC_RULES + manifests.SECRET_RULES
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not any("*" in item for item in granted)
     groups = {"core": "", "apps": "apps", "batch": "batch"}
@@ -164,16 +169,24 @@ def test_rbac_is_least_privilege_and_covers_every_call() -> None:
         "secret": "secrets",
         "deployment": "deployments",
         "job": "jobs",
+        "pod": "pods",
     }
     used = set()
     for kind, (api, noun) in kube._PATHS.items():
+        if kind == "Pod":
+            continue  # listed and watched only (below); `create_pod` is the test harness'
         verbs = ["get"] if kind == "Secret" else ["get", "create"]
         verbs += {"ConfigMap": ["patch"], "Secret": [], "Deployment": ["patch", "delete"]}.get(kind, ["delete"])
         used |= {(groups[api], plural[noun], v) for v in verbs}
+    for group, _, res in handlers.CHILD_RESOURCES:  # kopf indexes: list + watch
+        used |= {(group, res, "list"), (group, res, "watch")}
     used |= {("stablelayers.io", "stablelayersruns", v) for v in ("get", "list", "watch", "patch", "delete")}
     used |= {("stablelayers.io", "stablelayersruns/status", v) for v in ("get", "patch")}
+    used |= {("stablelayers.io", "stablelayersruns/finalizers", "update")}  # admission of blockOwnerDeletion
     used |= {("", "events", "create")}
     assert granted == used
+    bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
+    assert manifests.SECRETS_ROLE not in bound  # Secrets: bound per namespace only
 
 
 def test_operator_deployment_is_single_replica_recreate() -> None:

@@ -87,6 +87,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"cannot express anyOf {any_of} in a structural schema")
         if nullable:
             out["nullable"] = True
+            if "enum" in out and None not in out["enum"]:
+                # The API server checks enum membership for an explicit null too.
+                out["enum"] = [*out["enum"], None]
         return out
 
     for key, value in node.items():
@@ -209,7 +212,8 @@ def build_crd() -> dict[str, Any]:
                 "plural": PLURAL,
                 "singular": SINGULAR,
                 "shortNames": SHORT_NAMES,
-                "categories": ["all", "stable-layers"],
+                # Not "all": `kubectl delete all --all` would delete the runs (and their checkpoints' jobs).
+                "categories": ["stable-layers"],
             },
             "versions": [
                 {

@@ -17,22 +17,37 @@ METRICS_PORT = 9090
 LIVENESS_PORT = 8080
 
 RBAC_RULES: list[dict[str, Any]] = [
-    # Watch runs; patch for status, kopf's annotations and finalizer; delete for ttlSecondsAfterFinished.
+    # Watch runs; patch for kopf's annotations and finalizer; delete for ttlSecondsAfterFinished.
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
-    # The run file; patched when mutable spec fields change.
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
+    # Admission (OwnerReferencesPermissionEnforcement, on by default in OpenShift) lets a child
+    # carry blockOwnerDeletion only for a client that may update its owner's finalizers.
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
+    # Children are watched (kopf indexes) instead of read every poll; a GET follows a 409.
+    # The run file is patched when mutable spec fields change.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]},
     # Judge Service and the trainer's headless Service; deleted on suspend and when a run ends.
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},
-    # Only to read a run's S3 keys (spec.storage.secretRef) for polling progress.json.
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    # The run's pods, watched to show why they do not start (PodsReady).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     # kopf reports handler errors as events on the run.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # The judge; patched when its spec changes.
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "patch", "delete"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "delete"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
 ]
 """Least privilege: exactly the verbs `kube.KubeCluster` and kopf use (a test checks both ways)."""
+
+SECRET_RULES: list[dict[str, Any]] = [
+    # Only to read a run's S3 keys (spec.storage.secretRef): granted per namespace (a RoleBinding
+    # to this ClusterRole, or the chart's Roles), never cluster-wide.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+SECRETS_ROLE = f"{NAME}-secrets"
 
 _LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "stable-layers"}
 
@@ -56,6 +71,12 @@ def rbac(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
             "metadata": {"name": NAME, "labels": _LABELS},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
             "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": SECRETS_ROLE, "labels": {**_LABELS, "stablelayers.io/rbac": "secrets"}},
+            "rules": SECRET_RULES,
         },
     ]
 

@@ -27,6 +27,12 @@ class OperatorMetrics:
             ["error"],
             registry=self.registry,
         )
+        self.status_errors = Counter(
+            "stablelayers_operator_status_write_errors",
+            "Status writes the API server refused, by HTTP status",
+            ["code"],
+            registry=self.registry,
+        )
         self.seconds = Histogram(
             "stablelayers_operator_reconcile_seconds",
             "Wall time of one reconcile pass",

@@ -3,7 +3,9 @@
 The operator opens each run's store with that run's own credentials (its `storage.secretRef`) and
 endpoint, so runs in different buckets or accounts never share a client. Clients are cached per
 (endpoint, region, credentials): building a boto3 client costs tens of milliseconds of CPU, and the
-progress timer fires every few seconds per run.
+progress poll comes every few seconds per run. All clients come from one boto3 Session (a Session
+per credential set costs ~1 MB and its own copy of the service model, never freed), and the cache
+is bounded (least recently used out), so memory stays flat however many Secrets runs use.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from stable_layers import storage
@@ -19,7 +22,10 @@ from stable_layers_operator.evaluation import report_key
 from stable_layers_operator.kube import Cluster
 from stable_layers_operator.resource import StableLayersRunSpec
 
-_clients: dict[str, Any] = {}
+MAX_CLIENTS = 64
+"""S3 clients kept (one per endpoint, region and credentials); the least recently used goes first."""
+_clients: OrderedDict[str, Any] = OrderedDict()
+_session: Any = None
 _lock = threading.Lock()
 
 
@@ -27,12 +33,15 @@ def _s3_client(endpoint: str | None, region: str, key_id: str | None, secret: st
     import boto3
     from botocore.config import Config
 
+    global _session
     cache_key = hashlib.sha256(json.dumps([endpoint, region, key_id, secret]).encode()).hexdigest()
     with _lock:
         cached = _clients.get(cache_key)
         if cached is not None:
+            _clients.move_to_end(cache_key)
             return cached
-        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region)
+        if _session is None:
+            _session = boto3.session.Session()
         config = Config(
             connect_timeout=5,
             read_timeout=15,
@@ -40,8 +49,17 @@ def _s3_client(endpoint: str | None, region: str, key_id: str | None, secret: st
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path" if endpoint else "auto"},
         )
-        made = session.client("s3", endpoint_url=endpoint, config=config)
+        made = _session.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            config=config,
+        )
         _clients[cache_key] = made
+        while len(_clients) > MAX_CLIENTS:
+            _clients.popitem(last=False)
         return made
 
 

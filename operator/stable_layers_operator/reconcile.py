@@ -3,17 +3,12 @@
 The pass is idempotent: it derives everything from the run's spec, its status, the children that
 exist (deterministic names) and the progress record in S3, so running it twice, or after an
 operator restart, creates nothing twice. It is synchronous (the handlers run it in a thread) and
-has no kopf dependency: waiting is reported in `Outcome.wait`, which the timer turns into
-`kopf.TemporaryError`.
+has no kopf dependency: waiting is reported in `Outcome.wait` and in the status message.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from stable_layers.storage import StorageError, Store
@@ -27,85 +22,21 @@ from stable_layers_operator.conditions import (
     get_condition,
     job_failure_message,
     job_state,
+    ownership,
     parse_time,
     ready_replicas,
     rfc3339,
-    set_condition,
+    run_pod_problems,
 )
-from stable_layers_operator.kube import Cluster
-from stable_layers_operator.resource import StableLayersRunSpec, parse_run
+from stable_layers_operator.kube import ApiError
+from stable_layers_operator.passbase import CONFLICT_GRACE_SECONDS, Outcome, PassBase, Stop, StoreOpener
+from stable_layers_operator.resource import KIND, parse_run
 
+__all__ = ["CONFLICT_GRACE_SECONDS", "Outcome", "Reconciler", "StoreOpener"]
 log = logging.getLogger(__name__)
-StoreOpener = Callable[[StableLayersRunSpec, str, Cluster], Store]
 
 
-@dataclass
-class Outcome:
-    status: dict[str, Any]
-    wait: str | None = None
-    """Set when the run waits on something (judge loading, TTL); the caller retries later."""
-    delay: float | None = None
-    delete_run: bool = False
-    """TTL after finishing has passed: delete the StableLayersRun."""
-    actions: list[str] = field(default_factory=list)
-    """What this pass changed in the cluster (`created Job x`, ...), for logs and tests."""
-
-
-class Reconciler:
-    def __init__(
-        self,
-        body: dict[str, Any],
-        cluster: Cluster,
-        *,
-        now: datetime,
-        status: dict[str, Any] | None = None,
-        open_store: StoreOpener = pr.open_run_store,
-        poll_seconds: float = 10.0,
-    ):
-        meta = body["metadata"]
-        self.body = body
-        self.cluster = cluster
-        self.now = now
-        self.owner = ch.Owner.of(body)
-        self.names = ch.Names(self.owner.name)
-        self.st: dict[str, Any] = copy.deepcopy(status if status is not None else body.get("status") or {})
-        self.st.setdefault("conditions", [])
-        self.st.setdefault("children", {})
-        self.st.setdefault("evaluations", [])
-        self.st.setdefault("restarts", 0)
-        self.st.setdefault("attempt", 0)
-        if meta.get("generation") is not None:
-            self.st["observedGeneration"] = meta["generation"]
-        self.open_store = open_store
-        self.poll = poll_seconds
-        self.actions: list[str] = []
-        self.spec: StableLayersRunSpec
-
-    # ------------------------------------------------------------ helpers
-
-    def _cond(self, type_: str, status: bool | str, reason: str, message: str = "") -> None:
-        self.st["conditions"] = set_condition(self.st["conditions"], type_, status, reason, message, self.now)
-
-    def _create(self, obj: dict[str, Any]) -> None:
-        if self.cluster.create(obj):
-            self.actions.append(f"created {obj['kind']} {obj['metadata']['name']}")
-
-    def _ensure(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """The existing object, or `obj` after creating it (a read first: the timer runs this for
-        every run every few seconds, and reads are what an API server serves cheaply)."""
-        current = self.cluster.get(obj["kind"], self.owner.namespace, obj["metadata"]["name"])
-        if current is not None:
-            return current
-        self._create(obj)
-        return obj
-
-    def _delete(self, kind: str, name: str | None) -> None:
-        if name and self.cluster.delete(kind, self.owner.namespace, name):
-            self.actions.append(f"deleted {kind} {name}")
-
-    def _outcome(self, wait: str | None = None, delay: float | None = None, delete_run: bool = False) -> Outcome:
-        return Outcome(self.st, wait=wait, delay=delay, delete_run=delete_run, actions=self.actions)
-
+class Reconciler(PassBase):
     def _finish(self, phase: str, reason: str, message: str) -> Outcome:
         self.st["phase"] = phase
         self.st["message"] = message
@@ -136,19 +67,36 @@ class Reconciler:
         if deadline is not None and started is not None and (self.now - started).total_seconds() > deadline:
             return self._finish("Failed", "DeadlineExceeded", f"the run exceeded activeDeadlineSeconds ({deadline})")
         suspended = get_condition(self.st["conditions"], "Suspended")
-        if suspended is None or suspended["status"] == "True":
+        resumed = suspended is not None and suspended["status"] == "True"
+        if suspended is None or resumed:
             self._cond("Suspended", False, "Resumed" if suspended else "NotSuspended")
+        if resumed or not self.st.get("lastProgressTime"):
+            self.st["lastProgressTime"] = rfc3339(self.now)
+        try:
+            outcome = self._active()
+        except Stop as stop:
+            return stop.outcome
+        if (get_condition(self.st["conditions"], "ChildConflict") or {}).get("status") == "True":
+            self._cond("ChildConflict", False, "Resolved", "every child name belongs to this run")
+        return outcome
 
+    def _active(self) -> Outcome:
         self._ensure_config()
         store = self._store()
         if store is not None:
             self._read_progress(store)
         if not self._judge():
             self.st["phase"] = "Starting"
-            return self._outcome(wait=self.st["message"], delay=self.poll)
+            self._pods()
+            return self._progress_deadline() or self._outcome(wait=self.st["message"], delay=self.poll)
         training = self._trainer(store)
         if training == "Failed":
             return self._terminal()
+        if training == "Running":
+            self._pods()
+            stalled = self._progress_deadline()
+            if stalled is not None:
+                return stalled
         finals_done = self._evaluations(store, training == "Complete")
         if training == "Complete":
             if finals_done:
@@ -168,10 +116,19 @@ class Reconciler:
         except (LookupError, StorageError, ValueError) as err:
             self.st["message"] = f"cannot open {self.spec.storage.uri}: {err}"
             return None
+        except ApiError as err:
+            ref = self.spec.storage.secret_ref
+            hint = (
+                " (grant the operator `get` on Secrets in this namespace: docs/operator.md, RBAC)"
+                if err.status == 403
+                else ""
+            )
+            self.st["message"] = f"cannot read Secret {ref.name if ref else '?'}: {err}{hint}"
+            return None
 
     def _ensure_config(self) -> None:
         desired = ch.config_map(self.spec, self.owner)
-        current = self.cluster.get("ConfigMap", self.owner.namespace, desired["metadata"]["name"])
+        current = self._get("ConfigMap", desired["metadata"]["name"])
         if current is None:
             self._create(desired)
         elif current.get("data") != desired["data"]:
@@ -188,6 +145,8 @@ class Reconciler:
             return
         if not record:
             return
+        if record.get("step") is not None and record.get("step") != self.st.get("step"):
+            self.st["lastProgressTime"] = rfc3339(self.now)
         for src, dst in (
             ("step", "step"),
             ("maxSteps", "maxSteps"),
@@ -243,7 +202,7 @@ class Reconciler:
         """Ensure the trainer for the current attempt; `Running`, `Complete` or `Failed`."""
         attempt = int(self.st["attempt"])
         name = self.names.trainer_job(attempt)
-        job = self.cluster.get("Job", self.owner.namespace, name)
+        job = self._get("Job", name)
         state = job_state(job)
         if state == "Absent" and self.st.get("trainerPhase") == "Succeeded" and self.st.get("trainingComplete"):
             return "Complete"
@@ -256,11 +215,7 @@ class Reconciler:
             restarts = int(self.st["restarts"]) + (0 if disrupted else 1)
             # If the next Job exists, an earlier pass restarted already and lost its status patch
             # (operator restart): adopt it instead of creating a duplicate.
-            if (
-                not disrupted
-                and self.cluster.get("Job", self.owner.namespace, nxt) is None
-                and restarts > self.spec.backoff_limit
-            ):
+            if not disrupted and self._get("Job", nxt) is None and restarts > self.spec.backoff_limit:
                 why = job_failure_message(job)
                 return self._fail_trainer(
                     f"trainer Job {name} failed ({why}) and backoffLimit {self.spec.backoff_limit} is used up"
@@ -269,6 +224,7 @@ class Reconciler:
             if disrupted:
                 self.st["disruptions"] = int(self.st.get("disruptions") or 0) + 1
             self.st["attempt"] = attempt = attempt + 1
+            self.st["lastProgressTime"] = rfc3339(self.now)
             name, job, state = nxt, None, "Absent"
             ckpt = self.st.get("lastCheckpoint")
             where = f"checkpoint step {ckpt['step']}" if ckpt else "the start (no committed checkpoint yet)"
@@ -280,9 +236,8 @@ class Reconciler:
                 self._cond("Training", True, "Restarted", msg)
         if state == "Absent":
             self._ensure(ch.trainer_service(self.spec, self.owner))
-            job = ch.trainer_job(self.spec, self.owner, attempt)
-            self._create(job)
-            state = "Running"
+            job = self._create(ch.trainer_job(self.spec, self.owner, attempt))
+            state = job_state(job)
         self.st["children"].update(trainerJob=name, trainerService=self.names.trainer_service)
         if state == "Complete":
             self.st["trainingComplete"] = True
@@ -307,6 +262,38 @@ class Reconciler:
         self.st["phase"] = "Queued"
         self.st["message"] = msg
         return "Running"
+
+    def _pods(self) -> None:
+        """Condition PodsReady from the run's pods, the trainer Job and the judge Deployment: a pod
+        that cannot be scheduled, whose container waits, or that cannot even be created shows here."""
+        pods = self.cluster.pods(self.owner.namespace, f"{ch.RUN_LABEL}={self.owner.name}")
+        job = self.st["children"].get("trainerJob")
+        trainer = self.cluster.get("Job", self.owner.namespace, job) if job else None
+        judge = (
+            self.cluster.get("Deployment", self.owner.namespace, self.names.judge)
+            if ch.judge_needed(self.spec)
+            else None
+        )
+        problems = run_pod_problems(pods, trainer, judge, self.now)
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            self._cond("PodsReady", False, problems[0][0], "; ".join(m for _, m in problems[:5]) + more)
+        elif pods:
+            self._cond("PodsReady", True, "Running", f"{len(pods)} pod(s) running")
+
+    def _progress_deadline(self) -> Outcome | None:
+        deadline = self.spec.progress_deadline_seconds
+        since = parse_time(self.st.get("lastProgressTime"))
+        if deadline is None or since is None or (self.now - since).total_seconds() <= deadline:
+            return None
+        step = self.st.get("step")
+        pods = get_condition(self.st["conditions"], "PodsReady")
+        why = f"; {pods['message']}" if pods and pods["status"] == "False" else ""
+        return self._finish(
+            "Failed",
+            "ProgressDeadlineExceeded",
+            f"no new step for {deadline} s (progressDeadlineSeconds; last step {step}){why}",
+        )
 
     def _fail_trainer(self, message: str) -> str:
         self.st["phase"] = "Failed"
@@ -341,7 +328,7 @@ class Reconciler:
         for step, entry in sorted(by_step.items()):
             if entry["phase"] != "Running":
                 continue
-            job = self.cluster.get("Job", self.owner.namespace, entry["job"])
+            job = self._get("Job", entry["job"])
             state = job_state(job)
             if state == "Absent":
                 self._create(ev.eval_job(self.spec, self.owner, step))
@@ -400,7 +387,9 @@ class Reconciler:
         if not failed:
             return
         job = children.get("trainerJob")
-        if job and job_state(self.cluster.get("Job", self.owner.namespace, job)) == "Running":
+        current = self.cluster.get("Job", self.owner.namespace, job) if job else None
+        owned = current is not None and ownership(current, KIND, self.owner.name, self.owner.uid) == "Owned"
+        if job and owned and job_state(current) == "Running":
             self._delete("Job", job)
         for entry in self.st["evaluations"]:
             if entry["phase"] == "Running":

@@ -176,8 +176,27 @@ class StorageSpec(Strict):
     secret_ref: SecretRef | None = None
     """Credentials Secret. Default none: pods use their ServiceAccount/node identity."""
     delete_on_run_deletion: bool = False
-    """Delete everything under `uri` when the StableLayersRun is deleted. Default false: trained
-    checkpoints outlive the resource."""
+    """Delete everything under `uri` when the StableLayersRun is deleted. Needs `secretRef` (the
+    deletion uses the run's own credentials, never the operator's) and a prefix (`s3://bucket/x`,
+    never a whole bucket). Default false: trained checkpoints outlive the resource."""
+
+    def deletion_problem(self) -> str | None:
+        """Why `deleteOnRunDeletion` must not act on this storage, or None."""
+        if self.secret_ref is None:
+            return (
+                "storage.deleteOnRunDeletion needs storage.secretRef: the operator deletes run data only "
+                "with the run's own credentials"
+            )
+        if not self.uri.removeprefix("s3://").partition("/")[2].strip("/"):
+            return "storage.deleteOnRunDeletion needs a prefix in storage.uri (s3://bucket/prefix), not a whole bucket"
+        return None
+
+    @model_validator(mode="after")
+    def _safe_deletion(self) -> StorageSpec:
+        problem = self.delete_on_run_deletion and self.deletion_problem()
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class StableLayersRunSpec(Strict):
@@ -214,6 +233,10 @@ class StableLayersRunSpec(Strict):
     active_deadline_seconds: int | None = Field(None, ge=1)
     """Seconds from the run's start after which it is Failed (reason DeadlineExceeded), suspended
     time included. Default none."""
+    progress_deadline_seconds: int | None = Field(None, ge=1)
+    """Seconds without a new optimizer step (counted from the start, a resume or a restart, and
+    from every new step) after which the run is Failed with reason ProgressDeadlineExceeded, like a
+    Deployment's. Include the judge's and the model's loading time. Default none."""
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     """Delete the StableLayersRun (and so its children) this many seconds after it Succeeded or
     Failed. Default none (kept)."""
@@ -235,7 +258,8 @@ class Condition(Strict):
     """A standard condition (metav1.Condition without observedGeneration per condition)."""
 
     type: str
-    """JudgeReady, Training, Evaluating, Suspended, Succeeded or Failed."""
+    """ChildRejected, ChildConflict, PodsReady, JudgeReady, Training, Evaluating, Suspended, Succeeded or
+    Failed."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str
@@ -332,6 +356,8 @@ class StableLayersRunStatus(Strict):
     """When it Succeeded or Failed."""
     progress_updated_at: str | None = None
     """`updatedAt` of the last progress.json read."""
+    last_progress_time: str | None = None
+    """When the step last changed (or the trainer last (re)started): the progress deadline's start."""
     children: ChildrenStatus = Field(default_factory=ChildrenStatus)
     """Names of the objects the operator made."""
     evaluations: list[EvaluationStatus] = Field(default_factory=list)

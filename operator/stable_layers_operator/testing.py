@@ -2,9 +2,12 @@
 real kopf engine running this operator's handlers, in a background thread.
 
 kmock is an in-memory API server (shared/docs/infra.md §A): discovery, list/watch/create/patch/
-delete, naive JSON merge patches, no uid/generation (the helpers set them), no garbage collection,
-no controllers — nothing runs Pods, so tests play the Job and Deployment controllers by patching
-their status (`set_job_state`, `set_ready`). Needs the `dev` extra (kmock).
+delete, naive JSON merge patches, no garbage collection, no controllers — nothing runs Pods, so
+tests play the Job and Deployment controllers by patching their status (`set_job_state`,
+`set_ready`) and the kubelet by creating Pods (`create_pod`). Like a real API server (and unlike
+bare kmock) every created object gets a uid and a creationTimestamp. `refuse` makes the server
+answer matching requests with an error Status without storing anything, as admission, schema
+validation, quota or an outage would. Needs the `dev` extra (kmock).
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes import client
 
 from stable_layers_operator.handlers import OperatorConfig, register
-from stable_layers_operator.kube import KubeCluster
+from stable_layers_operator.kube import OPERATOR_USER_AGENT, KubeCluster
 from stable_layers_operator.resource import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
+_VERBS = {"get", "list", "watch", "patch", "update", "create", "delete"}
 _RESOURCES: dict[str, dict[str, Any]] = {
     "v1/namespaces": {"kind": "Namespace", "namespaced": False},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition", "namespaced": False},
@@ -36,21 +42,102 @@ _RESOURCES: dict[str, dict[str, Any]] = {
         "subresources": {"status"},
         "verbs": {"get", "list", "watch", "patch", "update", "create", "delete"},
     },
-    "v1/configmaps": {"kind": "ConfigMap", "namespaced": True},
-    "v1/services": {"kind": "Service", "namespaced": True},
+    "v1/configmaps": {"kind": "ConfigMap", "namespaced": True, "verbs": _VERBS},
+    "v1/services": {"kind": "Service", "namespaced": True, "verbs": _VERBS},
     "v1/secrets": {"kind": "Secret", "namespaced": True},
+    "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"status"}, "verbs": _VERBS},
     "v1/events": {"kind": "Event", "namespaced": True},
-    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status"}},
-    "batch/v1/jobs": {"kind": "Job", "namespaced": True, "subresources": {"status"}},
+    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status"}, "verbs": _VERBS},
+    "batch/v1/jobs": {"kind": "Job", "namespaced": True, "subresources": {"status"}, "verbs": _VERBS},
 }
+
+
+@dataclass
+class Refusal:
+    """Requests `method` whose path ends with `path` are answered `status` with `message`."""
+
+    method: str
+    path: str
+    status: int
+    message: str
+    seen: int = 0
+    body_contains: str | None = None
+    """Only requests whose body contains this text (None: all)."""
+
+    def matches(self, method: str, path: str, body: bytes | None) -> bool:
+        if method.upper() != self.method.upper() or not path.endswith(self.path):
+            return False
+        return self.body_contains is None or self.body_contains.encode() in (body or b"")
+
+
+_REASONS = {400: "BadRequest", 403: "Forbidden", 409: "AlreadyExists", 422: "Invalid", 429: "TooManyRequests"}
+
+
+def _non_finite(body: bytes | None) -> bool:
+    def refuse(_: str) -> None:
+        raise ValueError
+
+    try:
+        json.loads(body or b"null")
+    except ValueError:
+        return False  # not JSON: none of this check's business
+    try:
+        json.loads(body or b"null", parse_constant=refuse)
+    except ValueError:
+        return True
+    return False
+
+
+def _emulator(refusals: list[Refusal], history: int | None, tally: list[tuple[str, str, str, str]]) -> Any:
+    import aiohttp.web
+    import kmock
+
+    class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        async def _handle(self, request: Any) -> Any:
+            method = str(getattr(request.method, "value", request.method))
+            agent = str(request.headers.get("User-Agent", ""))
+            tally.append(
+                (agent, method.upper(), str(getattr(request.action, "value", request.action)), request.url.path)
+            )
+            if history is not None:
+                # kmock matches each request against its whole history (O(n) per request): a
+                # benchmark's thousands of requests would measure kmock, not the operator.
+                del self._requests[:-history]
+                for payload in self._payloads:
+                    del payload._requests[:-history]
+            for rule in list(refusals):
+                if rule.matches(method, request.url.path, request.body):
+                    rule.seen += 1
+                    reason = _REASONS.get(rule.status, "InternalError")
+                    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": rule.message}
+                    status.update(reason=reason, code=rule.status)
+                    return aiohttp.web.json_response(status, status=rule.status)
+            if method.upper() in ("POST", "PUT", "PATCH") and _non_finite(request.body):
+                # Go's JSON decoder (the real API server's) has no NaN or Infinity.
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400}
+                status.update(reason="BadRequest", message="json: cannot unmarshal NaN/Infinity into a number")
+                return aiohttp.web.json_response(status, status=400)
+            if method.upper() == "POST" and isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta.setdefault("uid", str(uuid.uuid4()))
+                now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+                meta.setdefault("creationTimestamp", now)
+            return await super()._handle(request)
+
+    return Emulator()
 
 
 class EmulatedCluster:
     """Start with `start()`, stop with `stop()`; `restart_operator()` replaces the kopf operator
     (new memory, same API server) to test resumption."""
 
-    def __init__(self, namespace: str = "default", *, operator: bool = True, **config: Any):
+    def __init__(self, namespace: str = "default", *, operator: bool = True, history: int | None = None, **config: Any):
+        """`history`: requests kmock keeps for matching and `created_names` (None: all); every
+        request's (action, path) is in `tally` regardless."""
         self.namespace = namespace
+        self.history = history
+        self.tally: list[tuple[str, str, str, str]] = []
+        """(User-Agent, method, kmock action, path) of every request."""
         self.with_operator = operator
         self.config_kwargs = config
         self.config: OperatorConfig
@@ -63,6 +150,7 @@ class EmulatedCluster:
         self.kmock: Any = None
         self.api: client.ApiClient
         self.error: BaseException | None = None
+        self.refusals: list[Refusal] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -85,7 +173,7 @@ class EmulatedCluster:
     async def _serve_api(self) -> None:
         import kmock
 
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with _emulator(self.refusals, self.history, self.tally) as emulator, kmock.Server(emulator) as server:
             for key, info in _RESOURCES.items():
                 emulator.resources[key] = info
             emulator.objects["v1/namespaces", None, self.namespace] = {
@@ -105,7 +193,11 @@ class EmulatedCluster:
     def _start_operator(self) -> None:
         # kopf gets its own thread and event loop: on exit it cancels every task of its loop,
         # which would take kmock's server down with it.
-        self.config = OperatorConfig(**{"cluster_factory": lambda: KubeCluster(self.api), **self.config_kwargs})
+        # The operator's own client, with the real operator's User-Agent: its requests are told
+        # apart from the test's (`operator_requests`).
+        operator_api = client.ApiClient(self.api.configuration)
+        operator_api.user_agent = OPERATOR_USER_AGENT
+        self.config = OperatorConfig(**{"cluster_factory": lambda: KubeCluster(operator_api), **self.config_kwargs})
         registry = kopf.OperatorRegistry()
         register(registry, self.config)
         url, namespace = self.url, self.namespace
@@ -125,7 +217,7 @@ class EmulatedCluster:
                         # kmock cannot serve the namespace list kopf watches for namespace patterns.
                         clusterwide=True,
                         stop_flag=stop_flag,
-                        memo=kopf.Memo(cluster=KubeCluster(self.api)),
+                        memo=kopf.Memo(cluster=KubeCluster(operator_api)),
                     )
                 )
             except BaseException as err:
@@ -246,6 +338,55 @@ class EmulatedCluster:
         if message:
             cond["message"] = message
         self._patch_status("Job", job, {"conditions": [cond]})
+
+    def refuse(self, method: str, path: str, status: int, message: str) -> Refusal:
+        """Answer `method` requests whose path ends with `path` (e.g. `/stablelayersruns/x/status`,
+        `/jobs`) with `status` until `allow` is called."""
+        rule = Refusal(method, path, status, message)
+        self.refusals.append(rule)
+        return rule
+
+    def allow(self, rule: Refusal) -> None:
+        self.refusals.remove(rule)
+
+    def create_pod(self, name: str, run: str, component: str, status: dict[str, Any]) -> None:
+        """Play the Job controller and kubelet: a pod of `run` with `status`."""
+        from stable_layers_operator.children import labels
+
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels(run, component)},
+            "spec": {"containers": [{"name": component, "image": "x"}]},
+            "status": status,
+        }
+        self._request("POST", f"/api/v1/namespaces/{self.namespace}/pods", obj)
+
+    def operator_requests(self) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource[/subresource], RBAC verb) of every request the operator (its client
+        and kopf) made: what its RBAC must grant."""
+        out = set()
+        for agent, method, action, path in list(self.tally):
+            if not (agent.startswith(OPERATOR_USER_AGENT) or agent.startswith("kopf/")):
+                continue
+            parts = path.strip("/").split("/")
+            if parts[0] == "api":
+                group, rest = "", parts[2:]
+            elif parts[0] == "apis" and len(parts) >= 3:
+                group, rest = parts[1], parts[3:]
+            else:
+                continue  # discovery (/version, /api, /apis): allowed to every authenticated user
+            if len(rest) >= 2 and rest[0] == "namespaces":
+                rest = rest[2:]
+            if not rest:
+                continue
+            resource = rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+            named = len(rest) >= 2
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method)
+            if verb is None:
+                verb = "watch" if action == "WATCH" else "get" if named else "list"
+            out.add((group, resource, verb))
+        return out
 
     def created_names(self, plural: str) -> list[str]:
         """Names in every create (POST) request for `plural` (e.g. `jobs`) that kmock received,
