@@ -45,6 +45,12 @@ class PenaltySpec(Strict):
     duplicate_of_composite: float = Field(0.25, ge=0, le=1)
     """Subtracted when a foreground layer repeats the whole composite (the classic degenerate
     decomposition). Default 0.25 [OURS]."""
+    nothing_separated: float = Field(0.5, ge=0, le=1)
+    """Subtracted when the foreground layers hold nothing but blanks and copies of the composite
+    (everything in one layer: the paper's "single layer holding everything"). Without it that
+    trivial stack recomposes perfectly and outscores real but imperfect decompositions. Default 0.5
+    [OURS: large enough that the trivial stack stays below a true decomposition with an empty
+    layer 0 or a duplicated composite, so a policy gains nothing by not decomposing]."""
     recomposition_error: float = Field(0.25, ge=0, le=1)
     """Subtracted when the layers, composited back to front on white, differ from the input by
     more than `recompositionThreshold` (mean absolute error in [0,1]). Default 0.25 [OURS: guards
