@@ -51,9 +51,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stable_layers.policy import PolicyLoadError
     from stable_layers.spec import SpecError
     from stable_layers.storage import StorageError
-    from stable_layers.trainer import CheckpointError, TrainError
+    from stable_layers.trainer import CheckpointError, JudgeUnavailableError, TrainError
 
-    return (SpecError, TrainError, DataSourceError, PolicyLoadError, CheckpointError, StorageError)
+    return (
+        SpecError,
+        TrainError,
+        DataSourceError,
+        PolicyLoadError,
+        CheckpointError,
+        StorageError,
+        JudgeUnavailableError,
+    )
 
 
 def _world_wanted(nproc_per_node: int) -> tuple[int, int]:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from stable_layers.reward.vlm import Answer, JudgeUnavailable
+from stable_layers.reward.base import JudgeUnavailable
+from stable_layers.reward.vlm import Answer
 from stable_layers.spec import TransformersJudgeSpec
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from stable_layers.reward.base import JudgeConfigError, JudgeUnavailable
 from stable_layers.reward.panels import data_url
-from stable_layers.reward.vlm import Answer, JudgeConfigError, JudgeUnavailable
+from stable_layers.reward.vlm import Answer
 from stable_layers.spec import OpenAIJudgeSpec
 
 

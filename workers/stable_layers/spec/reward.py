@@ -83,8 +83,13 @@ class OpenAIJudgeSpec(Strict):
     seed: int | None = 0
     """Sampling seed sent with each request. Default 0 [OURS]."""
     max_tokens: int = Field(512, ge=16)
-    """Answer token limit. Default 512 [OURS: the JSON answers are ~100 tokens; thinking models
-    need more]."""
+    """Answer token limit, sent as `max_completion_tokens`. Default 512 [OURS: the JSON answers
+    are ~100 tokens; thinking models need more]."""
+    unavailable_seconds: float = Field(600.0, ge=0)
+    """How long the trainer waits, re-scoring with backoff, while every judge request of a group
+    fails (connection refused, timeouts, HTTP 5xx); past it the run ends Failed with reason
+    `JudgeUnavailable`. No step is counted while it waits. Default 600 [OURS: a judge pod
+    restart takes minutes; less than torch.distributed's 30 min collective timeout]."""
 
 
 class TransformersJudgeSpec(Strict):
