@@ -22,7 +22,7 @@ except ImportError:  # the operator-only environment has no torch
 
 
 # -- the real vLLM judge (tests/vllm_judge.py) ---------------------------------------------------
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
