@@ -27,8 +27,11 @@ TINY_VLM = Path(os.environ.get("STABLE_LAYERS_TINY_VLM", ROOT / ".tools" / "tiny
 VLLM_BIN = VLLM_ENV / "bin" / "vllm"
 SERVED_NAME = "judge"
 # CPU-only additions, given the way a user would: through the judge's `extraArgs`. float32: the
-# CPU backend's bf16 kernels need AVX-512; the tiny model is built in float32.
-CPU_EXTRA_ARGS = ["--dtype", "float32"]
+# tiny model is built in float32 (the CPU backend's fast bf16 kernels need AVX-512). A batch of 4
+# sequences: a G=8 group (9 requests) is more than the server takes at once, so every group
+# exercises the server-side queue ("overloaded").
+MAX_NUM_SEQS = 4
+CPU_EXTRA_ARGS = ["--dtype", "float32", "--max-num-seqs", str(MAX_NUM_SEQS)]
 
 
 def example_run_spec() -> Any:
