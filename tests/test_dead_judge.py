@@ -159,3 +159,28 @@ def test_a_run_whose_steps_were_all_skipped_never_succeeds(tmp_path):
     assert progress["phase"] == "Failed" and progress["reason"] == "NoLearningSignal"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["skipped"] for ln in lines] == [True, True]
+
+
+@pytest.mark.slow
+def test_train_cli_reports_judge_errors_in_one_line(tmp_path):
+    """A wrong judge model (HTTP 404) and a judge that stays down: one line each, exit 2."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from stable_layers.cli import app
+
+    doc = yaml.safe_load((ROOT / "examples" / "local-run.yaml").read_text())
+    doc["grpo"]["maxSteps"] = 1
+    with FakeJudgeServer() as srv:
+        for behaviour, expect in (("404", "reward.openai.model"), ("503", "JudgeUnavailable")):
+            srv.default = behaviour
+            doc["reward"] = {"kind": "openai", "tileSize": 64,
+                             "openai": {"baseUrl": srv.base_url, "retries": 0, "backoff": 0.05, "unavailableSeconds": 1}}  # fmt: skip
+            run_yaml = tmp_path / f"run-{behaviour}.yaml"
+            run_yaml.write_text(yaml.safe_dump(doc))
+            res = CliRunner().invoke(app, ["train", str(run_yaml), "--out", str(tmp_path / f"out-{behaviour}")])
+            assert res.exit_code == 2, res.output
+            errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+            assert "Traceback" not in res.output and len(errors) == 1, res.output
+            progress = json.loads((tmp_path / f"out-{behaviour}" / "progress.json").read_text())
+            assert progress["phase"] == "Failed" and expect in progress["message"] + res.output

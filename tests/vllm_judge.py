@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def operator_judge_command(port: int, *, enforce_eager: bool = True, extra: list[str] = ()) -> list[str]:
+def operator_judge_command(port: int, *, enforce_eager: bool = True, extra: Sequence[str] = ()) -> list[str]:
     """The judge container's command + args as the operator renders them (same code path: the
     Deployment builder), for the tiny model on 127.0.0.1:`port`."""
     from stable_layers_operator import children as ch
@@ -98,9 +98,17 @@ def available() -> str | None:
 class VLLMServer:
     """One `vllm serve` process; `start` waits for GET /health = 200."""
 
-    def __init__(self, port: int | None = None, *, enforce_eager: bool = True, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        enforce_eager: bool = True,
+        extra_args: Sequence[str] = (),
+        log: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.enforce_eager = enforce_eager
+        self.extra_args = list(extra_args)
         self.log = log or Path(f"/tmp/vllm-judge-{self.port}.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
@@ -110,7 +118,7 @@ class VLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return operator_judge_command(self.port, enforce_eager=self.enforce_eager)
+        return operator_judge_command(self.port, enforce_eager=self.enforce_eager, extra=self.extra_args)
 
     def start(self, timeout: float = 600.0) -> VLLMServer:
         t0 = time.monotonic()

@@ -49,6 +49,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one message, exit code 2."""
     from stable_layers.data import DataSourceError
     from stable_layers.policy import PolicyLoadError
+    from stable_layers.reward import JudgeConfigError
     from stable_layers.spec import SpecError
     from stable_layers.storage import StorageError
     from stable_layers.trainer import CheckpointError, JudgeUnavailableError, TrainError
@@ -61,6 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         StorageError,
         JudgeUnavailableError,
+        JudgeConfigError,
     )
 
 
