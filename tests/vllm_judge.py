@@ -147,6 +147,18 @@ class VLLMServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         return ""
 
+    def requests_in_server(self) -> float:
+        """Requests running + waiting in the engine, from vLLM's Prometheus /metrics (0 if unreadable)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def kill(self) -> None:
         """SIGKILL the whole server (API process and engine core): a crash, not a shutdown."""
         if self.proc is not None and self.proc.poll() is None:
