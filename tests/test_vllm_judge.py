@@ -145,24 +145,28 @@ def test_one_training_iteration_with_the_openai_reward(vllm_judge, tmp_path):
 
 def test_killed_mid_group_then_restarted(vllm_judge):
     spec = reward_spec(vllm_judge, retries=0, timeout=20.0)
-    box: dict = {}
-    worker = threading.Thread(target=lambda: box.setdefault("res", score(spec, eight(3))))
-    worker.start()
-    deadline = time.monotonic() + 60
-    # kill while the engine holds several of the group's requests (running + queued behind the
-    # batch of 4): mid-group, whatever the machine's speed
-    while vllm_judge.requests_in_server() < 2 and time.monotonic() < deadline and worker.is_alive():
-        time.sleep(0.02)
+    for attempt in range(5):
+        box: dict = {}
+        worker = threading.Thread(target=lambda b=box, seed=3 + attempt: b.setdefault("res", score(spec, eight(seed))))
+        worker.start()
+        # kill while the engine holds several of the group's requests (running + queued behind the
+        # batch of 4): mid-group, whatever the machine's speed. vLLM's gauges can lag a fast
+        # group; if the group finished first, try another one.
+        while vllm_judge.requests_in_server() < 2 and worker.is_alive():
+            time.sleep(0.02)
+        if worker.is_alive():
+            break
+        worker.join()
     vllm_judge.kill()
     worker.join(timeout=120)
     assert not worker.is_alive()
     st = box["res"].stats
     assert st["requests_error"] >= 1, st  # the requests the kill cut off are counted
-    assert st["requests"] == st["requests_ok"] + st["requests_error"] + st["requests_parse_error"]
-    assert st["stage1_fallbacks"] + st["stage2_failed"] >= 1
+    assert st["requests"] == st["requests_ok"] + st["requests_error"] + st["requests_parse_error"], st
+    assert st["stage1_fallbacks"] + st["stage2_failed"] >= 1, st
     vllm_judge.start()
     res = score(reward_spec(vllm_judge), eight(4))
-    assert res.stats["requests_ok"] == res.stats["requests"] == 9
+    assert res.stats["requests_ok"] == res.stats["requests"] == 9, res.stats
 
 
 def test_training_waits_through_a_judge_restart(vllm_judge, tmp_path, monkeypatch):
