@@ -198,3 +198,21 @@ def test_training_waits_through_a_judge_restart(vllm_judge, tmp_path, monkeypatc
     trainer.join(timeout=600)
     assert box["rec"]["step"] == 1
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["phase"] == "Succeeded"
+
+
+def test_without_the_whitespace_flag_the_random_judge_rambles(vllm_judge):
+    """The operator's old arguments (structured output without `disable_any_whitespace`): the
+    answers run into the token limit, and the client now sees it (finish_reason `length`)."""
+    port = vllm_judge.port
+    vllm_judge.stop()
+    old = vj.VLLMServer(port, extra_args=["--structured-outputs-config", '{"backend":"auto"}'])
+    try:
+        old.start()
+        res = score(reward_spec(old, max_tokens=48, retries=0), ladder_group(5, kind="separation"))
+    finally:
+        old.stop()
+        vllm_judge.start()
+    st = res.stats
+    print("without disable_any_whitespace:", {k: st[k] for k in ("requests", "requests_truncated", "requests_ok")})
+    assert st["requests_truncated"] >= 1 and st["reasks"] >= 1, st
+    assert st["requests_truncated"] <= st["requests_parse_error"]
