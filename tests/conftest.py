@@ -19,3 +19,26 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the operator-only environment has no torch
     pass
+
+
+# -- the real vLLM judge (tests/vllm_judge.py) ---------------------------------------------------
+import pytest
+
+
+@pytest.fixture(scope="session")
+def vllm_judge(tmp_path_factory):
+    """One `vllm serve` of the tiny random judge for the whole session, started with the
+    operator's judge arguments; stopped at the end. Skips where vLLM is not installed, unless
+    STABLE_LAYERS_REQUIRE_VLLM=1 (CI), where that is a failure."""
+    import vllm_judge as vj
+
+    why = vj.available()
+    if why is not None:
+        if os.environ.get("STABLE_LAYERS_REQUIRE_VLLM") == "1":
+            pytest.fail(f"STABLE_LAYERS_REQUIRE_VLLM=1 but {why}")
+        pytest.skip(why)
+    server = vj.VLLMServer(log=tmp_path_factory.mktemp("vllm") / "serve.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()

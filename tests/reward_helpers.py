@@ -73,3 +73,17 @@ def colour_judge(n: int, *, fail_for: set[int] = frozenset(), scale: int = 10):
         return json.dumps({str(pos + 1): min(k, scale) for pos, k in enumerate(order)})
 
     return answer
+
+
+def varied_answer():
+    """Valid answers whose scores differ from request to request (so groups have advantages)."""
+    count = iter(range(10**6))
+
+    def answer(body):
+        k = next(count)
+        props = body["response_format"]["json_schema"]["schema"]["properties"]
+        return json.dumps(
+            {key: False if p["type"] == "boolean" else (k + i) % 11 for i, (key, p) in enumerate(props.items())}
+        )
+
+    return answer

@@ -54,7 +54,7 @@ def test_score_with_endpoint_and_no_grid(group_dir, tmp_path):
 
 def test_score_errors(tmp_path, group_dir):
     res = runner.invoke(app, ["score", str(tmp_path), "--out", str(tmp_path / "s.json")])
-    assert res.exit_code == 1 and "input.png" in res.output
+    assert res.exit_code == 2 and "input.png" in res.output
     res = runner.invoke(
         app,
         ["score", str(group_dir), "--out", str(tmp_path / "s.json"), "--backend", "pixel", "--endpoint", "http://x"],
@@ -112,7 +112,8 @@ def test_judge_check_pixel(tmp_path):
 
 
 def test_judge_check_against_a_constant_judge(tmp_path):
-    """A judge that answers 7 to everything: Spearman 0 for its stages, failures none."""
+    """A judge that answers 7 to everything: Spearman 0 for its stages, failures none, and the
+    gate fails on the judge's own numbers although the penalties alone rank the ladders."""
     out = tmp_path / "report.json"
     with FakeJudgeServer() as srv:
         res = runner.invoke(
@@ -131,8 +132,12 @@ def test_judge_check_against_a_constant_judge(tmp_path):
                 str(out),
             ],
         )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
+    assert "judge-check gate failed" in res.output and "Traceback" not in res.output
     rep = json.loads(out.read_text())
     assert rep["spearman"]["stage1"]["mean"] == 0.0 and rep["spearman"]["stage2"]["mean"] == 0.0
+    assert rep["spearman"]["judge"]["mean"] == 0.0 and rep["spearman"]["reward"]["mean"] > 0.6
     assert rep["group_std"]["stage1"] == pytest.approx(0.0, abs=1e-12)
-    assert rep["failures"]["requests"] == 16 and rep["failures"]["requests_error"] == 0
+    assert rep["gate"]["passed"] is False and len(rep["gate"]["reasons"]) == 2
+    # (7 + 5 candidates + 1 grid each) × 2 repeats
+    assert rep["failures"]["requests"] == 28 and rep["failures"]["requests_error"] == 0

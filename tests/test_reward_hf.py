@@ -51,6 +51,8 @@ def test_generate_runs_the_real_model_classes(tiny_vlm, monkeypatch):
     assert int((seen["input_ids"] == image_token).sum()) > 1  # the processor expanded the image
     assert seen["do_sample"] is False and seen["max_new_tokens"] == 16
     assert "pixel_values" in seen
+    # a random model rambles: 16 tokens without an end token is reported as cut off
+    assert backend.last_finish_reason == "length"
 
 
 def test_random_model_answers_fail_and_are_counted(tiny_vlm):
@@ -60,6 +62,7 @@ def test_random_model_answers_fail_and_are_counted(tiny_vlm):
     result = asyncio.run(scorer.score_group(coloured_group(3)))
     # 3 panels + 1 grid, each asked twice: garbage is never valid JSON
     assert result.stats["requests"] == 8 and result.stats["requests_parse_error"] == 8
+    assert result.stats["requests_truncated"] == 8  # each rambled to maxNewTokens
     assert result.stats["reasks"] == 4 and result.stats["stage1_fallbacks"] == 3 and result.stats["stage2_failed"] == 1
     assert len(set(result.rewards)) == 1  # the whole group gets zero advantage
     assert len(result.latencies) == 8

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 from reward_helpers import candidates_by_row, colour_judge, coloured_group, decode_image
 
-from stable_layers.reward import build_scorer
+from stable_layers.reward import JudgeConfigError, build_scorer
 from stable_layers.reward.fake_server import FakeJudgeServer
-from stable_layers.reward.vlm import JudgeConfigError
 from stable_layers.spec import CRITERIA, RewardSpec
 
 

@@ -89,7 +89,7 @@ def test_pixel_ranks_the_defect_ladder():
     assert report["spearman"]["reward"]["mean"] >= 0.8
     assert report["spearman"]["reward"]["min"] >= 0.8
     assert report["retest_var"]["reward"] == 0.0  # deterministic
-    per = [report["per_level"][lv]["reward"] for lv in LEVELS]
+    per = [report["per_level"]["defects"][lv]["reward"] for lv in LEVELS]
     assert per == sorted(per, reverse=True)
 
 

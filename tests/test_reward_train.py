@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from reward_helpers import varied_answer
 
 from stable_layers.reward.fake_server import FakeJudgeServer
 from stable_layers.spec import load_run_spec
@@ -54,6 +55,7 @@ def test_training_iteration_survives_judge_failures(tmp_path):
     recorder = GroupRecorder()
     with FakeJudgeServer() as srv:
         spec.reward.openai.base_url = srv.base_url
+        srv.answer = varied_answer()  # a constant judge gives zero advantage: a run that learns nothing fails
         # the first panel the judge sees never parses (re-asked, then the group mean), the second always
         # gets HTTP 503 (retried once, then given up); one further request meets a passing 503
         srv.route = StickyFailures()

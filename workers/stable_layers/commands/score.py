@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from stable_layers.spec import RewardSpec
+
+T = TypeVar("T")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Run spec (YAML) whose `reward` section to use; flags override it.")
@@ -58,9 +61,19 @@ def resolve_reward_spec(
     return spec
 
 
-def _fail(msg: str) -> typer.Exit:
+def _fail(msg: str, code: int = 1) -> typer.Exit:
     typer.secho(msg, fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
+    return typer.Exit(code)
+
+
+def _run_judge(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a scoring coroutine; a judge that rejects the configuration ends in one line, exit 2."""
+    from stable_layers.reward import JudgeConfigError
+
+    try:
+        return asyncio.run(main())
+    except JudgeConfigError as err:
+        raise _fail(str(err), code=2) from None
 
 
 def score(
@@ -84,7 +97,7 @@ def score(
         spec = resolve_reward_spec(config, endpoint, model, backend, no_grid)
         group, names = load_group(group_dir)
     except (SpecError, OSError) as err:
-        raise _fail(str(err)) from None
+        raise _fail(str(err), code=2) from None
 
     async def run() -> Any:
         scorer = build_scorer(spec)
@@ -93,7 +106,7 @@ def score(
         finally:
             await scorer.aclose()
 
-    result, name = asyncio.run(run())
+    result, name = _run_judge(run)
     if result.stats.get("requests") and result.stats.get("requests_error") == result.stats.get("requests"):
         raise _fail(f"every judge request failed; is the judge at {spec.openai.base_url} up? (GET /health)")
     doc = scores_document(result, names, name)
@@ -133,28 +146,33 @@ def judge_check(
     backend: BackendOpt = None,
     no_grid: NoGridOpt = False,
     config: ConfigOpt = None,
-    groups: Annotated[int, typer.Option(help="Ladder designs (groups of 7 candidates).")] = 4,
+    groups: Annotated[int, typer.Option(help="Designs; each gives one group per ladder (7 and 5 candidates).")] = 4,
     repeats: Annotated[int, typer.Option(help="Times each group is scored (test-retest).")] = 2,
     size: Annotated[int, typer.Option(help="Design size in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="First design seed.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Write the report as JSON here.")] = None,
     min_spearman: Annotated[
-        float | None, typer.Option(help="Exit 1 when the mean Spearman of the reward is below this.")
-    ] = None,
+        float,
+        typer.Option(help="Exit 1 when the mean Spearman of the judge's own score (no penalties) is below this."),
+    ] = 0.6,
+    min_spread: Annotated[
+        float, typer.Option(help="Exit 1 when the judge's mean within-group std is below this.")
+    ] = 0.02,
 ) -> None:
-    """Run a judge over the synthetic defect ladder: rank agreement (Spearman), within-group spread
-    per stage and test-retest variance."""
+    """Run a judge over the synthetic ladders: rank agreement (Spearman), within-group spread and
+    test-retest variance per stage. The gate uses the judge's own combined score, without the
+    deterministic pixel penalties (they alone order much of the ladders)."""
     from rich.console import Console
     from rich.table import Table
 
-    from stable_layers.reward import build_scorer, write_json_atomic
+    from stable_layers.reward import build_scorer, gate, write_json_atomic
     from stable_layers.reward import judge_check as run_check
     from stable_layers.spec import SpecError
 
     try:
         spec = resolve_reward_spec(config, endpoint, model, backend, no_grid)
     except SpecError as err:
-        raise _fail(str(err)) from None
+        raise _fail(str(err), code=2) from None
 
     async def run() -> dict[str, Any]:
         scorer = build_scorer(spec)
@@ -163,29 +181,34 @@ def judge_check(
         finally:
             await scorer.aclose()
 
-    report = asyncio.run(run())
+    report = _run_judge(run)
+    reasons = gate(report, min_spearman, min_spread)
+    report["gate"] = {"min_spearman": min_spearman, "min_spread": min_spread, "passed": not reasons, "reasons": reasons}
     console = Console()
-    table = Table(title=f"judge-check: {report['scorer']} ({groups} groups × {repeats} repeats)")
+    table = Table(title=f"judge-check: {report['scorer']} ({groups} designs × 2 ladders × {repeats} repeats)")
     for col in ("stage", "spearman mean", "spearman min", "group std", "retest var"):
         table.add_column(col)
     for stage, rho in report["spearman"].items():
+        label = "reward (with penalties)" if stage == "reward" else stage
         table.add_row(
-            stage,
+            label,
             f"{rho['mean']:.3f}",
             f"{rho['min']:.3f}",
             f"{report['group_std'].get(stage, 0.0):.3f}",
             f"{report['retest_var'].get(stage, 0.0):.5f}",
         )
     console.print(table)
-    levels = Table(title="mean reward per ladder rung")
-    levels.add_column("rung")
-    levels.add_column("reward")
-    for lv, vals in report["per_level"].items():
-        levels.add_row(lv, f"{vals.get('reward', float('nan')):.3f}")
-    console.print(levels)
+    for kind, rows in report["per_level"].items():
+        levels = Table(title=f"mean per rung: {kind} ladder")
+        for col in ("rung", "judge", "reward"):
+            levels.add_column(col)
+        for lv, vals in rows.items():
+            levels.add_row(lv, f"{vals.get('judge', float('nan')):.3f}", f"{vals.get('reward', float('nan')):.3f}")
+        console.print(levels)
     console.print(f"failures: {report['failures']}")
     if out:
         write_json_atomic(out, report)
         console.print(f"wrote {out}")
-    if min_spearman is not None and report["spearman"]["reward"]["mean"] < min_spearman:
-        raise _fail(f"mean Spearman {report['spearman']['reward']['mean']:.3f} is below --min-spearman {min_spearman}")
+    if reasons:
+        raise _fail("judge-check gate failed: " + "; ".join(reasons))
+    console.print("judge-check gate passed")

@@ -50,11 +50,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one message, exit code 2."""
     from stable_layers.data import DataSourceError
     from stable_layers.policy import PolicyLoadError
+    from stable_layers.reward import JudgeConfigError
     from stable_layers.spec import SpecError
     from stable_layers.storage import StorageError
-    from stable_layers.trainer import CheckpointError, TrainError
+    from stable_layers.trainer import CheckpointError, JudgeUnavailableError, TrainError
 
-    return (SpecError, TrainError, DataSourceError, PolicyLoadError, CheckpointError, StorageError)
+    return (
+        SpecError,
+        TrainError,
+        DataSourceError,
+        PolicyLoadError,
+        CheckpointError,
+        StorageError,
+        JudgeUnavailableError,
+        JudgeConfigError,
+    )
 
 
 def _world_wanted(nproc_per_node: int) -> tuple[int, int]:

@@ -85,6 +85,11 @@ class PixelMeasures:
     blank_layers: list[int] = field(default_factory=list)
     hidden_layers: list[int] = field(default_factory=list)
     duplicate_layers: list[int] = field(default_factory=list)
+    separated_area: float = 1.0
+    """Canvas share held by foreground layers that are not copies of the composite."""
+    nothing_separated: bool = False
+    """A multi-layer stack whose foreground holds nothing but blanks and copies of the composite:
+    everything sits in one layer (a one-layer stack was never asked to separate)."""
 
     @property
     def any_blank(self) -> bool:
@@ -101,4 +106,19 @@ class PixelMeasures:
             "blank_layers": list(self.blank_layers),
             "hidden_layers": list(self.hidden_layers),
             "duplicate_layers": list(self.duplicate_layers),
+            "separated_area": self.separated_area,
+            "nothing_separated": self.nothing_separated,
         }
+
+
+class JudgeUnavailable(RuntimeError):
+    """A request that failed after the backend's retries (connection, timeout, HTTP 4xx/5xx)."""
+
+    def __init__(self, message: str, *, retries: int = 0, latencies: tuple[float, ...] = ()) -> None:
+        super().__init__(message)
+        self.retries = retries
+        self.latencies = latencies
+
+
+class JudgeConfigError(RuntimeError):
+    """The judge rejects every request (unknown model, bad key): raised, since retrying is futile."""

@@ -41,6 +41,8 @@ def apply_penalties(reward: float, measures: PixelMeasures, spec: PenaltySpec) -
         applied["blank_layer"] = spec.blank_layer
     if spec.duplicate_of_composite > 0 and measures.any_duplicate:
         applied["duplicate_of_composite"] = spec.duplicate_of_composite
+    if spec.nothing_separated > 0 and measures.nothing_separated:
+        applied["nothing_separated"] = spec.nothing_separated
     if spec.recomposition_error > 0 and measures.recomposition_error > spec.recomposition_threshold:
         applied["recomposition_error"] = spec.recomposition_error
     return float(reward - sum(applied.values())), applied

@@ -125,12 +125,15 @@ class FakeJudgeServer:
                 h._send(int(behaviour), json.dumps(msg).encode())
                 return
             text = "this is {not json" if behaviour == "malformed" else self.answer(body)
+            finish = "stop"
+            if behaviour == "truncated":  # a model that rambles until the token limit
+                text, finish = text[: max(1, len(text) // 2)], "length"
             payload = {
                 "id": f"chatcmpl-{len(self.requests)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", ""),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
             h._send(200, json.dumps(payload).encode())

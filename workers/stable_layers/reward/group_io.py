@@ -61,13 +61,14 @@ def scores_document(score: GroupScore, names: Sequence[str], scorer: str) -> dic
                 "criteria": s.criteria,
                 "stage1": s.stages.get("1"),
                 "stage2": s.stages.get("2"),
+                "judge": s.stages.get("judge"),
                 "flags": s.flags,
                 "penalties": s.raw.get("penalties", {}),
                 "raw": s.raw,
             }
         )
     spreads: dict[str, dict[str, float]] = {}
-    for stage, key in (("stage1", "1"), ("stage2", "2")):
+    for stage, key in (("stage1", "1"), ("stage2", "2"), ("judge", "judge")):
         vals = [s.stages[key] for s in score.scores if key in s.stages]
         if vals:
             std, rng = spread(vals)

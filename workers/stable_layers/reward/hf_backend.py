@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from stable_layers.reward.vlm import Answer, JudgeUnavailable
+from stable_layers.reward.base import JudgeUnavailable
+from stable_layers.reward.vlm import Answer
 from stable_layers.spec import TransformersJudgeSpec
 
 
@@ -41,6 +42,7 @@ class TransformersBackend:
         self.processor = processor
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_finish_reason: str | None = None
 
     def _load(self) -> None:
         import torch
@@ -92,6 +94,13 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.spec.max_new_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1] :]
+        # generate() stops at the limit or at an end token; a full-length answer that does not
+        # end in one was cut off (the OpenAI API's finish_reason "length"). Read by `complete`
+        # under its lock, so one request at a time.
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        cut = len(new) >= self.spec.max_new_tokens and int(new[-1]) not in eos
+        self.last_finish_reason = "length" if cut else "stop"
         return proc.tokenizer.decode(new, skip_special_tokens=True)
 
     async def complete(
@@ -102,12 +111,14 @@ class TransformersBackend:
             self._lock, self._loop = asyncio.Lock(), loop
         async with self._lock:
             t0 = time.perf_counter()
+            self.last_finish_reason = None
             try:
                 text = await asyncio.to_thread(self.generate, system, prompt, image)
             except (RuntimeError, ValueError) as err:  # e.g. CUDA OOM on an oversized grid
                 raise JudgeUnavailable(f"{type(err).__name__}: {err}") from None
             latency = time.perf_counter() - t0
-        return Answer(text=text, latency=latency, latencies=(latency,))
+            finish = self.last_finish_reason
+        return Answer(text=text, latency=latency, latencies=(latency,), finish_reason=finish)
 
     async def aclose(self) -> None:
         self.model = None

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from stable_layers.reward.base import JudgeConfigError, JudgeUnavailable
 from stable_layers.reward.panels import data_url
-from stable_layers.reward.vlm import Answer, JudgeConfigError, JudgeUnavailable
+from stable_layers.reward.vlm import Answer
 from stable_layers.spec import OpenAIJudgeSpec
 
 
@@ -84,7 +85,8 @@ class OpenAIBackend:
                 },
             ],
             "temperature": self.spec.temperature,
-            "max_tokens": self.spec.max_tokens,
+            # `max_tokens` is deprecated in the chat API (vLLM warns); same limit, current name
+            "max_completion_tokens": self.spec.max_tokens,
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": schema, "strict": True},
@@ -135,7 +137,10 @@ class OpenAIBackend:
             ) from None
         choices = getattr(resp, "choices", None) or []
         text = (choices[0].message.content or "") if choices else ""
-        return Answer(text=text, latency=latencies[-1], retries=attempts - 1, latencies=tuple(latencies))
+        finish = getattr(choices[0], "finish_reason", None) if choices else None
+        return Answer(
+            text=text, latency=latencies[-1], retries=attempts - 1, latencies=tuple(latencies), finish_reason=finish
+        )
 
     async def health(self) -> bool:
         """GET <server>/health (vLLM: 200 ready, 503 engine dead); False when unreachable."""

@@ -9,27 +9,39 @@ Per-pixel quantities (alpha a_i ∈ [0,1], layers back to front, index 0 = backg
   coverage_i      = fraction of pixels with a_i ≥ 0.25 (semi-transparent overlays count)
   visible_i       = fraction of pixels with v_i ≥ 0.25
 
+Separation credit: `separated` = share of the canvas where a foreground layer that is not a copy
+of the composite is present; credit = min(1, separated / 0.05). Separation and inpainting are
+scored on what was actually separated: a stack that leaves everything in layer 0 gets no credit
+for either (without it both were a vacuous 1.0 and that trivial stack outscored real, imperfect
+decompositions — a free lunch a policy could learn).
+
 Criteria, each in [0, 1] (`spec.CRITERIA` order):
-  semantic_separation    (1 − duplicates / foreground layers) · (1 − shared), where a foreground
-                         layer is a duplicate of the composite when it is opaque on ≥ 90 % of the
-                         canvas and matches the input there (mean abs. difference < 0.06), and
-                         `shared` is the share of the foreground's present pixels that two layers
-                         both hold with the same colour (occlusion, different colours, is fine).
+  semantic_separation    credit · (1 − duplicates / foreground layers) · (1 − shared), where a
+                         foreground layer is a duplicate of the composite when it is opaque on
+                         ≥ 90 % of the canvas and matches the input there (mean abs. difference
+                         < 0.06), and `shared` is the share of the foreground's present pixels
+                         that two layers both hold with the same colour (occlusion, different
+                         colours, is fine).
   alpha_cleanliness      exp(−soft / 0.1): `soft` is the mean, over non-blank layers, of the
                          fraction of pixels whose alpha is neither ≈0 nor ≈1 (0.04 < a < 0.96)
                          and varies locally (3×3 std > 0.02). Clean cut-outs only have such pixels
                          on anti-aliased edges; a uniformly semi-transparent element has none
                          inside; alpha noise and colour haze bleeding into transparent areas
                          raise it.
-  background_inpainting  opaque fraction of layer 0 × (1 − copied), where `copied` is the share of
-                         pixels under the foreground (union alpha ≥ 0.5) at which layer 0 is
-                         opaque and equals the input (max channel difference < 0.06): objects left
-                         in the background instead of being removed and inpainted.
+  background_inpainting  credit · opaque fraction of layer 0 × (1 − copied), where `copied` is the
+                         share of pixels under the separated foreground (union alpha ≥ 0.5 of the
+                         non-duplicate layers) at which layer 0 is opaque and equals the input (max
+                         channel difference < 0.06): objects left in the background instead of
+                         being removed and inpainted.
   feature_distribution   share of the L layers that are neither blank (coverage below
-                         `blankAlpha`) nor hidden (visible below `blankAlpha`): content spread
-                         over the slots rather than one layer holding everything.
+                         `blankAlpha`), hidden (visible below `blankAlpha`) nor a duplicate of the
+                         composite: content spread over the slots rather than one layer holding
+                         everything.
   content_validity       1 − min(1, e / recompositionTolerance), e = mean absolute error between
                          the layers composited on white and the input on white.
+
+`nothing_separated` is set when a stack of two or more layers has no separated content at all
+(separated < `blankAlpha`); the `nothingSeparated` penalty applies to it.
 
 Thresholds are our choices (documented in docs/reward.md); `PixelRewardSpec` exposes the two that
 matter for real images.
@@ -52,6 +64,7 @@ SOFT_LOCAL_STD = 0.02
 PRESENT = 0.25
 MATCH_TOL = 0.06
 DUPLICATE_COVERAGE = 0.9
+SEPARATED_FULL = 0.05
 
 
 def _conform(image: np.ndarray, layers: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -113,7 +126,7 @@ def pixel_measures(image: np.ndarray, layers: list[np.ndarray], spec: PixelRewar
     blank = [i for i in range(n) if coverage[i] < spec.blank_alpha]
     hidden = [i for i in range(n) if i not in blank and visible_cov[i] < spec.blank_alpha]
 
-    # semantic separation: duplicates of the composite and overlap among foreground layers
+    # duplicates of the composite: a copy separates nothing, whatever slot it sits in
     target_rgb = target
     dup: list[int] = []
     for i in range(1, n):
@@ -122,18 +135,26 @@ def pixel_measures(image: np.ndarray, layers: list[np.ndarray], spec: PixelRewar
             diff = np.abs(rgb[i][opaque] - target_rgb[opaque]).mean()
             if diff < MATCH_TOL:
                 dup.append(i)
-    # one layer separates nothing
-    semantic = (1.0 - len(dup) / (n - 1)) * (1.0 - _shared_content(rgb[1:], alpha[1:])) if n > 1 else 0.0
+    fg = [i for i in range(1, n) if i not in dup]
+    # what was actually separated: canvas share held by foreground layers that are not copies
+    separated = float((alpha[fg] >= PRESENT).any(axis=0).mean()) if fg else 0.0
+    credit = min(1.0, separated / SEPARATED_FULL)
+    if n > 1:
+        shared = _shared_content(rgb[1:], alpha[1:])
+        semantic = credit * (1.0 - len(dup) / (n - 1)) * (1.0 - shared)
+    else:
+        semantic = 0.0  # one layer separates nothing
 
     # alpha cleanliness over the layers that hold something
     live = [i for i in range(n) if i not in blank]
     soft = float(np.mean([_soft_fraction(alpha[i]) for i in live])) if live else 1.0
     alpha_clean = float(np.exp(-soft / SOFT_SCALE))
 
-    # background: opaque everywhere, and not a copy of the input where objects are
+    # background: opaque everywhere, not a copy of the input where separated objects are, and
+    # only as much credit as there is separated content to have been inpainted behind
     bg_opaque = alpha[0] >= 0.5
-    if n > 1:
-        union = 1.0 - np.prod(1.0 - alpha[1:], axis=0)
+    if fg:
+        union = 1.0 - np.prod(1.0 - alpha[fg], axis=0)
         under = union >= 0.5
     else:
         under = np.zeros_like(bg_opaque)
@@ -142,9 +163,9 @@ def pixel_measures(image: np.ndarray, layers: list[np.ndarray], spec: PixelRewar
         copied = float((same & bg_opaque & under).sum() / under.sum())
     else:
         copied = 0.0
-    background = float(bg_opaque.mean()) * (1.0 - copied)
+    background = float(bg_opaque.mean()) * (1.0 - copied) * credit
 
-    empty = set(blank) | set(hidden)
+    empty = set(blank) | set(hidden) | set(dup)
     feature = (n - len(empty)) / n
     validity = 1.0 - min(1.0, err / spec.recomposition_tolerance)
 
@@ -155,7 +176,8 @@ def pixel_measures(image: np.ndarray, layers: list[np.ndarray], spec: PixelRewar
             strict=True,
         )
     )
-    return PixelMeasures(criteria, err, blank, hidden, dup)
+    nothing = n > 1 and separated < spec.blank_alpha
+    return PixelMeasures(criteria, err, blank, hidden, dup, separated, nothing)
 
 
 class PixelScorer:
@@ -173,8 +195,12 @@ class PixelScorer:
         return CandidateScore(
             reward=reward,
             criteria=dict(m.criteria),
-            stages={"1": p},
-            flags={"blank_layer": m.any_blank, "duplicate_of_composite": m.any_duplicate},
+            stages={"1": p, "judge": p},
+            flags={
+                "blank_layer": m.any_blank,
+                "duplicate_of_composite": m.any_duplicate,
+                "nothing_separated": m.nothing_separated,
+            },
             raw={"pixel": m.as_dict(), "penalties": penalties},
         )
 

@@ -7,7 +7,9 @@ Per group:
            q_i = mean over repeats of the grid score / scale, penalties from pixels (`combine.py`).
 
 Failure policy (documented in docs/reward.md): a transport error is retried by the backend with
-backoff; an answer that does not parse is re-asked once with a note naming the problem. A
+backoff; an answer that does not parse, or that was cut off at the token limit (finish_reason
+`length`, counted as truncated and as a parse error), is re-asked once with a note naming the
+problem. A
 candidate whose stage-1 answer is still unusable gets the judge part of the reward set to the mean
 of the candidates that were scored, so its GRPO advantage is ≈ 0 (deterministic penalties still
 apply). If no grid answer is usable the group falls back to stage 1 alone (λ = 1); if no stage-1
@@ -15,7 +17,7 @@ answer is usable either, every candidate gets the same reward (zero advantage fo
 Everything is counted in `GroupScore.stats` and no single bad answer raises.
 
 Stats keys added here (besides `combine.group_stats`): requests, requests_ok,
-requests_parse_error, requests_error, reasks, retries, stage1_fallbacks, stage2_failed,
+requests_parse_error, requests_truncated, requests_error, reasks, retries, stage1_fallbacks, stage2_failed,
 latency_seconds_mean, latency_seconds_max, score_seconds. Per-request latencies are in
 `GroupScore.latencies` (for a histogram).
 """
@@ -30,7 +32,13 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from stable_layers.reward.base import CandidateScore, Group, GroupScore, PixelMeasures
+from stable_layers.reward.base import (
+    CandidateScore,
+    Group,
+    GroupScore,
+    JudgeUnavailable,
+    PixelMeasures,
+)
 from stable_layers.reward.combine import apply_penalties, combine_stages, group_stats, weighted_mean
 from stable_layers.reward.panels import render_grid, render_panel, shuffle_order
 from stable_layers.reward.pixel import pixel_measures
@@ -49,25 +57,13 @@ from stable_layers.spec import CRITERIA, RewardSpec
 T = TypeVar("T")
 
 
-class JudgeUnavailable(RuntimeError):
-    """A request that failed after the backend's retries (connection, timeout, HTTP 4xx/5xx)."""
-
-    def __init__(self, message: str, *, retries: int = 0, latencies: tuple[float, ...] = ()) -> None:
-        super().__init__(message)
-        self.retries = retries
-        self.latencies = latencies
-
-
-class JudgeConfigError(RuntimeError):
-    """The judge rejects every request (unknown model, bad key): raised, since retrying is futile."""
-
-
 @dataclass
 class Answer:
     text: str
     latency: float  # seconds of the successful attempt
     retries: int = 0  # transport retries spent before it
     latencies: tuple[float, ...] = ()  # every attempt, failed ones included
+    finish_reason: str | None = None  # "length": the answer hit the token limit (cut off)
 
 
 class JudgeBackend(Protocol):
@@ -87,6 +83,7 @@ class _Counters:
     requests: int = 0
     ok: int = 0
     parse_error: int = 0
+    truncated: int = 0
     error: int = 0
     reasks: int = 0
     retries: int = 0
@@ -96,6 +93,7 @@ class _Counters:
 
 
 REASK_NOTE = "\n\nYour previous answer could not be used ({error}). Reply with the JSON object only."
+TRUNCATED = "it was cut off at the token limit"
 
 
 class VLMScorer:
@@ -133,6 +131,10 @@ class VLMScorer:
             counters.latencies.extend(ans.latencies or (ans.latency,))
             texts.append(ans.text)
             try:
+                if ans.finish_reason == "length":
+                    # even a prefix that happens to parse is not the answer the judge meant
+                    counters.truncated += 1
+                    raise ParseError(TRUNCATED)
                 parsed = parse(ans.text)
             except ParseError as err:
                 counters.parse_error += 1
@@ -197,6 +199,7 @@ class VLMScorer:
             requests=counters.requests,
             requests_ok=counters.ok,
             requests_parse_error=counters.parse_error,
+            requests_truncated=counters.truncated,
             requests_error=counters.error,
             reasks=counters.reasks,
             retries=counters.retries,
@@ -263,9 +266,12 @@ class VLMScorer:
             stages = {} if failed else {"1": float(p[i])}
             if q is not None:
                 stages["2"] = float(q[i])
+            if base[i] is not None:
+                stages["judge"] = float(base[i])  # the judge's own combined score, before penalties
             flags = {
                 "blank_layer": measures[i].any_blank,
                 "duplicate_of_composite": measures[i].any_duplicate,
+                "nothing_separated": measures[i].nothing_separated,
                 "judge_failed": failed,
             }
             parsed, texts = s1_results[i]

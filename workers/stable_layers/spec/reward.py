@@ -45,6 +45,12 @@ class PenaltySpec(Strict):
     duplicate_of_composite: float = Field(0.25, ge=0, le=1)
     """Subtracted when a foreground layer repeats the whole composite (the classic degenerate
     decomposition). Default 0.25 [OURS]."""
+    nothing_separated: float = Field(0.5, ge=0, le=1)
+    """Subtracted when the foreground layers hold nothing but blanks and copies of the composite
+    (everything in one layer: the paper's "single layer holding everything"). Without it that
+    trivial stack recomposes perfectly and outscores real but imperfect decompositions. Default 0.5
+    [OURS: large enough that the trivial stack stays below a true decomposition with an empty
+    layer 0 or a duplicated composite, so a policy gains nothing by not decomposing]."""
     recomposition_error: float = Field(0.25, ge=0, le=1)
     """Subtracted when the layers, composited back to front on white, differ from the input by
     more than `recompositionThreshold` (mean absolute error in [0,1]). Default 0.25 [OURS: guards
@@ -77,8 +83,13 @@ class OpenAIJudgeSpec(Strict):
     seed: int | None = 0
     """Sampling seed sent with each request. Default 0 [OURS]."""
     max_tokens: int = Field(512, ge=16)
-    """Answer token limit. Default 512 [OURS: the JSON answers are ~100 tokens; thinking models
-    need more]."""
+    """Answer token limit, sent as `max_completion_tokens`. Default 512 [OURS: the JSON answers
+    are ~100 tokens; thinking models need more]."""
+    unavailable_seconds: float = Field(600.0, ge=0)
+    """How long the trainer waits, re-scoring with backoff, while every judge request of a group
+    fails (connection refused, timeouts, HTTP 5xx); past it the run ends Failed with reason
+    `JudgeUnavailable`. No step is counted while it waits. Default 600 [OURS: a judge pod
+    restart takes minutes; less than torch.distributed's 30 min collective timeout]."""
 
 
 class TransformersJudgeSpec(Strict):

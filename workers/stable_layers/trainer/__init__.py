@@ -6,6 +6,15 @@
 
 from stable_layers.trainer.checkpoint import CheckpointError
 from stable_layers.trainer.distributed import is_launched_worker
-from stable_layers.trainer.loop import METRICS_FILE, TrainError, train
+from stable_layers.trainer.judge_wait import JudgeUnavailableError
+from stable_layers.trainer.loop import METRICS_FILE, NoLearningSignalError, TrainError, train
 
-__all__ = ["METRICS_FILE", "CheckpointError", "TrainError", "is_launched_worker", "train"]
+__all__ = [
+    "METRICS_FILE",
+    "CheckpointError",
+    "JudgeUnavailableError",
+    "NoLearningSignalError",
+    "TrainError",
+    "is_launched_worker",
+    "train",
+]

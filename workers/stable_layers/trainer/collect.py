@@ -39,6 +39,7 @@ from stable_layers.reward import Candidate, Group, GroupScore, RewardScorer
 from stable_layers.spec import RunSpec, SpecError
 from stable_layers.trainer.distributed import DistContext
 from stable_layers.trainer.grpo import Advantages, compute_advantages
+from stable_layers.trainer.judge_wait import JudgeWait
 
 
 def derive_seed(*parts: object) -> int:
@@ -180,8 +181,12 @@ def collect(
     iteration: int,
     *,
     overlap: bool = True,
+    judge_wait: JudgeWait | None = None,
 ) -> IterationBatch:
-    """Sample this rank's slots of `images`, score every group once, gather, compute advantages."""
+    """Sample this rank's slots of `images`, score every group once, gather, compute advantages.
+
+    With `judge_wait`, a group whose every judge request failed is re-scored until the judge
+    answers or the wait's limit ends the run (judge_wait.py); no step is counted meanwhile."""
     from stable_layers.policy import decode, sample_group
 
     g = spec.grpo
@@ -240,8 +245,13 @@ def collect(
     elif partial:
         raise RuntimeError("a group was split on a single rank; this is a bug in rank_slots")
 
+    def resolve(fut: concurrent.futures.Future[GroupScore], group: Group) -> GroupScore:
+        if judge_wait is None:
+            return fut.result()
+        return judge_wait.resolve(fut, group, lambda g: scoring.submit(scorer.score_group(g)))
+
     t = time.perf_counter()
-    scored = [(i, group, fut.result()) for i, group, fut in pending]
+    scored = [(i, group, resolve(fut, group)) for i, group, fut in pending]
     wait += time.perf_counter() - t
 
     mine_rewards = []

@@ -111,11 +111,17 @@ def _record(loop: LoopState, batch: Any, res: Any, n_steps: int, lr: float) -> d
     return rec
 
 
+class NoLearningSignalError(TrainError):
+    """Every optimizer step of the run was skipped: no group ever had a non-zero advantage."""
+
+    reason = "NoLearningSignal"
+
+
 def _progress(
-    spec_max: int, loop: LoopState, rec: dict[str, Any] | None, phase: str, last: Any, msg: str
+    spec_max: int, loop: LoopState, rec: dict[str, Any] | None, phase: str, last: Any, msg: str, reason: str = ""
 ) -> dict[str, Any]:
     rec = rec or {}
-    return {
+    out = {
         "step": loop.step,
         "maxSteps": spec_max,
         "phase": phase,
@@ -127,6 +133,9 @@ def _progress(
         "lastCheckpoint": last,
         "message": msg,
     }
+    if reason:
+        out["reason"] = reason
+    return out
 
 
 def _progress_bar(enabled: bool, total: int, done: int) -> Any:
@@ -165,6 +174,7 @@ def train(
         deepspeed_config,
         init_distributed,
     )
+    from stable_layers.trainer.judge_wait import JudgeWait, scorer_base_url
     from stable_layers.trainer.update import LoraEMA, update_steps
 
     total_steps = max_steps or spec.grpo.max_steps
@@ -212,6 +222,18 @@ def train(
 
             scorer = build_scorer(spec.reward)
         scoring = ScoringLoop()
+
+        def waiting(msg: str) -> None:
+            if ctx.is_main:
+                storage.write_progress(store, _progress(total_steps, loop, record, "Running", last_ckpt, msg))
+
+        judge_wait = JudgeWait(
+            spec.reward.openai.unavailable_seconds,
+            backoff=spec.reward.openai.backoff,
+            base_url=scorer_base_url(scorer),
+            on_wait=waiting,
+        )
+        applied = skipped = 0
         stream = ImageStream(spec, loop.epoch, loop.offset)
         metrics = MetricsLog(store, local_root, loop.step if ckpt_dir is not None else None) if ctx.is_main else None
         ckpt_every = spec.checkpoint.every_steps
@@ -243,7 +265,10 @@ def train(
         with _progress_bar(show_progress and ctx.is_main, total_steps, loop.step) as bar:
             while loop.step < total_steps:
                 images = stream.take(spec.grpo.images_per_iteration)
-                batch = collect(spec, policy, scorer, scoring, ctx, images, loop.iteration, overlap=overlap_scoring)
+                batch = collect(
+                    spec, policy, scorer, scoring, ctx, images, loop.iteration,
+                    overlap=overlap_scoring, judge_wait=judge_wait,
+                )  # fmt: skip
                 for i, group, score in batch.groups:
                     advs = [batch.advantages[(i, c)] for c in range(len(group.candidates))]
                     _call(callbacks, "on_group", loop.step, group, score, advs)
@@ -254,6 +279,8 @@ def train(
                     planned = res.steps_in_iteration
                     loop.step += 1
                     done += 1
+                    skipped += int(res.skipped)
+                    applied += int(not res.skipped)
                     loop.samples += res.samples
                     record = _record(loop, batch, res, planned, spec.grpo.lr)
                     if ctx.is_main:
@@ -274,6 +301,12 @@ def train(
                     checkpoint()
         if saved_at != loop.step:
             checkpoint()
+        if skipped and not applied:
+            raise NoLearningSignalError(
+                f"all {skipped} optimizer steps of this run were skipped: every group had zero advantage "
+                "(identical rewards), so nothing was learned. Check the reward: scorer_requests_error and "
+                "scorer_stage1_fallbacks in metrics.jsonl show a failing judge"
+            )
         if ctx.is_main:
             assert metrics is not None
             metrics.sync()
@@ -283,8 +316,9 @@ def train(
     except BaseException as err:
         if ctx.is_main:
             try:
-                msg = f"{type(err).__name__}: {err}"[:500]
-                storage.write_progress(store, _progress(total_steps, loop, record, "Failed", last_ckpt, msg))
+                reason = getattr(err, "reason", type(err).__name__)
+                msg = f"{reason}: {err}"[:500]
+                storage.write_progress(store, _progress(total_steps, loop, record, "Failed", last_ckpt, msg, reason))
             except Exception as record_err:  # usually the same unreachable store: one line, not a traceback
                 log.error("could not write the Failed progress record: %s", record_err)
         raise
@@ -295,4 +329,4 @@ def train(
         ctx.close()
 
 
-__all__ = ["SpecError", "TrainError", "train"]
+__all__ = ["NoLearningSignalError", "SpecError", "TrainError", "train"]
