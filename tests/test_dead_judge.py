@@ -110,7 +110,12 @@ def test_training_with_the_judge_port_closed_ends_failed(tmp_path, monkeypatch):
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert progress["phase"] == "Failed" and progress["reason"] == "JudgeUnavailable"
     assert progress["step"] == 0  # no step was counted while the judge was down
-    assert any(r["phase"] == "Running" and r["message"].startswith("waiting for the judge") for r in written)
+    assert any(
+        r["phase"] == "Running"
+        and r["reason"] == "WaitingForJudge"
+        and r["message"].startswith("waiting for the judge")
+        for r in written
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text().strip() == ""
 

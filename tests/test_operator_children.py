@@ -299,3 +299,30 @@ def test_headline_numbers_from_an_eval_report() -> None:
     }  # fmt: skip
     assert headline({"headline": {"x": 1, "nan": float("nan"), "s": "no"}}) == {"x": 1.0}
     assert headline({"format": 1}) == {}
+
+
+def test_a_judge_outage_shows_in_status_and_judge_unavailable_ends_the_run_unrestarted() -> None:
+    """The trainer's own verdict counts: it waited `unavailableSeconds` already, so its failure
+    ends the run with its reason instead of restarting into the same wait (issue 16, item 6)."""
+    cluster = FakeCluster()
+    spec = {**PIXEL, "backoffLimit": 3}
+    status = reconcile(cluster, spec, None).status
+    waiting = "waiting for the judge: every request of group 'img-1' failed (connection refused); retry in 8 s"
+    FakeStore.progress = {"phase": "Running", "step": 2, "reason": "WaitingForJudge", "message": waiting}
+    try:
+        shown = reconcile(cluster, spec, status)
+        assert shown.status["phase"] == "Training" and shown.status["message"] == waiting
+        FakeStore.progress = {
+            "phase": "Failed",
+            "step": 2,
+            "reason": "JudgeUnavailable",
+            "message": "JudgeUnavailable: the judge at http://j:8000/v1 was unreachable or failing for 600 s",
+        }
+        cluster.fail("demo-trainer-0")
+        failed = reconcile(cluster, spec, shown.status)
+    finally:
+        FakeStore.progress = None
+    assert failed.status["phase"] == "Failed" and failed.status["restarts"] == 0
+    cond = next(c for c in failed.status["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "JudgeUnavailable" and "600 s" in cond["message"]
+    assert [c for c in cluster.created if c.startswith("Job/")] == ["Job/demo-trainer-0"]

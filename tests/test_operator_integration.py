@@ -13,61 +13,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from s3_server import moto_endpoint, reset_moto  # noqa: F401
+from operator_helpers import condition, fresh_bucket, run_spec, run_store, running_operator, status
+from s3_server import moto_endpoint  # noqa: F401
 
 from stable_layers import storage
 from stable_layers.storage.s3 import S3Store
 from stable_layers_operator.testing import EmulatedCluster, wait_for
 
 BUCKET = "operator-runs"
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 @pytest.fixture(scope="module")
 def s3(moto_endpoint: str) -> str:  # noqa: F811
-    reset_moto(moto_endpoint)
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **_keys()).create_bucket(Bucket=BUCKET)
-    return moto_endpoint
-
-
-def _keys() -> dict[str, str]:
-    return {"aws_access_key_id": KEYS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": KEYS["AWS_SECRET_ACCESS_KEY"]}
+    return fresh_bucket(moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3: str) -> Iterator[EmulatedCluster]:
-    emulated = EmulatedCluster(interval=0.2, wait_delay=0.2).start()
-    emulated.create_secret("s3-keys", KEYS)
-    try:
+    with running_operator(interval=0.2, wait_delay=0.2) as emulated:
         yield emulated
-    finally:
-        emulated.stop()
-    assert emulated.error is None
-
-
-def run_store(endpoint: str, name: str) -> S3Store:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_keys())
-    return S3Store(BUCKET, name, client=client)
 
 
 def spec_for(endpoint: str, name: str, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "run": {"name": name, "model": {"preset": "tiny-random"}, "grpo": {"maxSteps": 8}},
-        "trainer": {"nodes": 2, "gpusPerNode": 0},
-        "storage": {"uri": f"s3://{BUCKET}/{name}", "endpoint": endpoint, "secretRef": {"name": "s3-keys"}},
-    }
-    spec.update(extra)
-    return spec
-
-
-def status(cluster: EmulatedCluster, name: str) -> dict[str, Any]:
-    return cluster.get_run(name).get("status") or {}
-
-
-def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+    return run_spec(endpoint, BUCKET, name, nodes=2, **extra)
 
 
 def commit(store: S3Store, step: int) -> str:
@@ -89,7 +58,7 @@ def progress(store: S3Store, step: int, phase: str = "Running", ckpt: tuple[int,
 
 def test_full_run_judge_trainer_progress_evaluations_success(cluster: EmulatedCluster, s3: str) -> None:
     name = "full"
-    store = run_store(s3, name)
+    store = run_store(s3, BUCKET, name)
     spec = spec_for(s3, name, evaluation={"everySteps": 4, "data": "synthetic:heldout"})
     spec["run"]["reward"] = {"kind": "openai"}
     cluster.create_run(name, spec)
@@ -147,7 +116,7 @@ def test_full_run_judge_trainer_progress_evaluations_success(cluster: EmulatedCl
 
 def test_pixel_run_needs_no_judge_and_suspend_resume(cluster: EmulatedCluster, s3: str) -> None:
     name = "pausy"
-    store = run_store(s3, name)
+    store = run_store(s3, BUCKET, name)
     cluster.create_run(name, spec_for(s3, name))
     wait_for(lambda: cluster.exists("Job", f"{name}-trainer-0"), "trainer Job")
     assert not cluster.exists("Deployment", f"{name}-judge")
@@ -173,7 +142,7 @@ def test_pixel_run_needs_no_judge_and_suspend_resume(cluster: EmulatedCluster, s
 
 def test_trainer_failure_restarts_until_backoff_limit_then_fails(cluster: EmulatedCluster, s3: str) -> None:
     name = "flaky"
-    store = run_store(s3, name)
+    store = run_store(s3, BUCKET, name)
     cluster.create_run(name, spec_for(s3, name, backoffLimit=1))
     wait_for(lambda: cluster.exists("Job", f"{name}-trainer-0"), "trainer Job")
     uri = commit(store, 2)
@@ -226,7 +195,7 @@ def test_deadline_then_ttl_deletes_the_run(cluster: EmulatedCluster, s3: str) ->
 
 def test_operator_restart_mid_run_creates_no_duplicates(cluster: EmulatedCluster, s3: str) -> None:
     name = "survivor"
-    store = run_store(s3, name)
+    store = run_store(s3, BUCKET, name)
     cluster.create_run(name, spec_for(s3, name))
     wait_for(lambda: cluster.exists("Job", f"{name}-trainer-0"), "trainer Job")
     progress(store, 5)

@@ -12,70 +12,34 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from s3_server import moto_endpoint, reset_moto  # noqa: F401
+from operator_helpers import condition, fresh_bucket, run_spec, run_store, running_operator, status
+from s3_server import moto_endpoint  # noqa: F401
 
 from stable_layers import storage
 from stable_layers.storage.s3 import S3Store
 from stable_layers_operator.testing import EmulatedCluster, wait_for
 
 BUCKET = "realapi-runs"
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 @pytest.fixture(scope="module")
 def s3(moto_endpoint: str) -> str:  # noqa: F811
-    reset_moto(moto_endpoint)
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    return moto_endpoint
+    return fresh_bucket(moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3: str) -> Iterator[EmulatedCluster]:
-    emulated = EmulatedCluster(interval=0.2, delete_backoff=0.2, delete_retries=2).start()
-    emulated.create_secret("s3-keys", KEYS)
-    try:
+    with running_operator(interval=0.2, delete_backoff=0.2, delete_retries=2) as emulated:
         yield emulated
-    finally:
-        emulated.stop()
-    assert emulated.error is None
 
 
 def store_of(endpoint: str, name: str) -> S3Store:
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return S3Store(BUCKET, name, client=client)
+    return run_store(endpoint, BUCKET, name)
 
 
 def spec_for(endpoint: str, name: str, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "run": {"name": name, "model": {"preset": "tiny-random"}, "grpo": {"maxSteps": 8}},
-        "trainer": {"nodes": 1, "gpusPerNode": 0},
-        "storage": {"uri": f"s3://{BUCKET}/{name}", "endpoint": endpoint, "secretRef": {"name": "s3-keys"}},
-    }
-    spec.update(extra)
-    return spec
-
-
-def status(cluster: EmulatedCluster, name: str) -> dict[str, Any]:
-    return cluster.get_run(name).get("status") or {}
-
-
-def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+    return run_spec(endpoint, BUCKET, name, **extra)
 
 
 def progress(store: S3Store, step: int, loss: float = 0.01) -> None:

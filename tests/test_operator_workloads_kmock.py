@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from s3_server import moto_endpoint, reset_moto  # noqa: F401
-from test_operator_integration import BUCKET, KEYS, condition, spec_for, status
+from operator_helpers import condition, fresh_bucket, running_operator, status
+from s3_server import moto_endpoint  # noqa: F401
+from test_operator_integration import BUCKET, spec_for
 from test_operator_workloads import disrupted_job_status
 
 from stable_layers_operator.testing import EmulatedCluster, wait_for
@@ -17,25 +18,13 @@ from stable_layers_operator.testing import EmulatedCluster, wait_for
 
 @pytest.fixture(scope="module")
 def s3(moto_endpoint: str) -> str:  # noqa: F811
-    import boto3
-
-    reset_moto(moto_endpoint)
-    boto3.client(
-        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=BUCKET)  # fmt: skip
-    return moto_endpoint
+    return fresh_bucket(moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3: str) -> Iterator[EmulatedCluster]:
-    emulated = EmulatedCluster(interval=0.2, wait_delay=0.2).start()
-    emulated.create_secret("s3-keys", KEYS)
-    try:
+    with running_operator(interval=0.2, wait_delay=0.2) as emulated:
         yield emulated
-    finally:
-        emulated.stop()
-    assert emulated.error is None
 
 
 def test_a_disrupted_trainer_pod_restarts_the_trainer_uncounted(cluster: EmulatedCluster, s3: str) -> None:

@@ -35,6 +35,12 @@ from stable_layers_operator.resource import KIND, parse_run
 __all__ = ["CONFLICT_GRACE_SECONDS", "Outcome", "Reconciler", "StoreOpener"]
 log = logging.getLogger(__name__)
 
+FINAL_TRAINER_REASONS = ("JudgeUnavailable", "NoLearningSignal")
+"""Reasons in a Failed progress record that end the run instead of restarting the trainer: it has
+already waited `reward.openai.unavailableSeconds` for the judge, or none of its steps could learn."""
+JUDGE_WAIT_REASON = "WaitingForJudge"
+"""The reason of a Running progress record while the trainer waits for an unreachable judge."""
+
 
 class Reconciler(PassBase):
     def _finish(self, phase: str, reason: str, message: str) -> Outcome:
@@ -167,6 +173,7 @@ class Reconciler(PassBase):
         if isinstance(last, dict) and last.get("step") is not None:
             self.st["lastCheckpoint"] = {"step": int(last["step"]), "uri": str(last.get("uri", ""))}
         self.st["trainerPhase"] = record.get("phase")
+        self.trainer_record = record
 
     def _judge(self) -> bool:
         """Ensure the judge; False while the trainer must still wait for it."""
@@ -208,6 +215,10 @@ class Reconciler(PassBase):
             return "Complete"
         if state == "Failed" and self.st.get("trainerPhase") == "Succeeded":
             state = "Complete"  # the pods finished the work and then failed on the way out
+        record = getattr(self, "trainer_record", None) or {}
+        if state == "Failed" and record.get("phase") == "Failed" and record.get("reason") in FINAL_TRAINER_REASONS:
+            # The trainer already waited as long as the spec allows; a restart would only wait again.
+            return self._fail_trainer(str(record.get("message") or record["reason"]), reason=record["reason"])
         if state == "Failed":
             # A drained, preempted or reclaimed pod is not the trainer's failure: restart uncounted.
             disrupted = wl.job_disrupted(job)
@@ -251,6 +262,8 @@ class Reconciler(PassBase):
         self.st["phase"] = "Training"
         step, total = self.st.get("step"), self.st.get("maxSteps")
         self.st["message"] = f"training, step {step}/{total}" if step is not None else f"trainer Job {name} started"
+        if record.get("phase") == "Running" and record.get("reason") == JUDGE_WAIT_REASON and record.get("message"):
+            self.st["message"] = str(record["message"])  # the trainer waits for an unreachable judge
         return "Running"
 
     def _queued(self, job: str) -> str:
@@ -295,12 +308,12 @@ class Reconciler(PassBase):
             f"no new step for {deadline} s (progressDeadlineSeconds; last step {step}){why}",
         )
 
-    def _fail_trainer(self, message: str) -> str:
+    def _fail_trainer(self, message: str, reason: str = "BackoffLimitExceeded") -> str:
         self.st["phase"] = "Failed"
         self.st["message"] = message
         self.st["completionTime"] = self.st.get("completionTime") or rfc3339(self.now)
-        self._cond("Training", False, "BackoffLimitExceeded", message)
-        self._cond("Failed", True, "BackoffLimitExceeded", message)
+        self._cond("Training", False, reason, message)
+        self._cond("Failed", True, reason, message)
         self._release(failed=True)
         return "Failed"
 

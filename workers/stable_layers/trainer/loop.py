@@ -225,7 +225,8 @@ def train(
 
         def waiting(msg: str) -> None:
             if ctx.is_main:
-                storage.write_progress(store, _progress(total_steps, loop, record, "Running", last_ckpt, msg))
+                progress = _progress(total_steps, loop, record, "Running", last_ckpt, msg, "WaitingForJudge")
+                storage.write_progress(store, progress)
 
         judge_wait = JudgeWait(
             spec.reward.openai.unavailable_seconds,
