@@ -112,7 +112,7 @@ def test_training_with_the_judge_port_closed_ends_failed(tmp_path, monkeypatch):
     assert progress["step"] == 0  # no step was counted while the judge was down
     assert any(
         r["phase"] == "Running"
-        and r["reason"] == "WaitingForJudge"
+        and r.get("reason") == "WaitingForJudge"
         and r["message"].startswith("waiting for the judge")
         for r in written
     )

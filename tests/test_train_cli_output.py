@@ -81,3 +81,16 @@ def test_pyproject_licence_is_an_spdx_string_without_deprecation_warning() -> No
         dist = apply_configuration(Distribution(), str(ROOT / "pyproject.toml"))
     assert dist.metadata.license_expression == "Apache-2.0"
     assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message) for w in caught]
+
+
+def test_the_judge_clients_request_lines_stay_out_of_the_log(capsys):
+    """Every judge request is an INFO line of the HTTP client; the CLI's log keeps only warnings of it."""
+    import logging
+
+    from stable_layers.commands.train import _setup_logging
+
+    _setup_logging()
+    logging.getLogger("httpx").info('HTTP Request: POST http://judge/v1/chat/completions "HTTP/1.1 200 OK"')
+    logging.getLogger("stable_layers.trainer.loop").info("step 1 done")
+    err = capsys.readouterr().err
+    assert "HTTP Request" not in err and "step 1 done" in err

@@ -30,6 +30,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "openai")
+"""Loggers kept at WARNING in the CLI's log: the judge client's per-request lines."""
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
@@ -37,6 +41,9 @@ def _setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # The HTTP clients log every judge request at INFO: thousands of lines per run, burying ours.
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _error(msg: str) -> typer.Exit:
