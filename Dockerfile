@@ -64,7 +64,7 @@ COPY pyproject.toml README.md ./
 COPY workers workers
 COPY operator operator
 RUN python -c "import torch; print('base image torch', torch.__version__)" \
- && pip install -c docker/constraints.txt ".[worker]" \
+ && pip install -c docker/constraints.txt ".[worker,tensorboard,wandb]" \
  && python -c "import torch; print('final torch', torch.__version__)" \
  && cd / && rm -rf /src
 RUN groupadd --gid ${APP_UID} app \

@@ -26,6 +26,8 @@ CONSTRAINTS = ROOT / "docker" / "constraints.txt"
 PROJECT = "stable-layers-operator"
 # From the base image (worker) or absent (operator): never pinned here.
 EXCLUDED_PREFIXES = ("torch", "nvidia-", "triton", "pip", "setuptools", "wheel")
+WORKER_EXTRAS = ("worker", "tensorboard", "wandb")
+"""The extras the worker image installs (Dockerfile); the trackers are in it so `metrics.reportTo` works."""
 
 HEADER = """\
 # Exact versions for the container images (pip install -c docker/constraints.txt ...).
@@ -64,9 +66,10 @@ def read_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
 
 
 def runtime_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
-    """The operator image's dependencies and the worker extra (what the images install)."""
+    """The operator image's dependencies and the extras of the worker image (what the images install)."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["worker"]
+    extras = project["optional-dependencies"]
+    reqs = project["dependencies"] + [r for name in WORKER_EXTRAS for r in extras[name]]
     return [Requirement(r) for r in reqs]
 
 
