@@ -1,7 +1,7 @@
 """Held-out numbers of a trained tiny pipeline, and its model card (`MODEL_CARD.md`).
 
 The model is loaded the way the product loads it (`model.load_policy` → `from_pretrained`) and
-decomposes held-out synthetic designs with `sampler.decompose` (deterministic Euler ODE, the
+decomposes held-out synthetic designs with `stable_layers.policy.decompose` (deterministic Euler ODE, the
 evaluation sampler), at the ground-truth layer count, like `stable-layers eval --data
 synthetic:heldout` with its defaults. It is scored with the evaluation code (LayerD protocol,
 A.7 metrics: `eval.runner.score_design`) next to:
@@ -36,7 +36,7 @@ class CardSettings:
     size: int = 256
     """Side of the generated designs, as `eval.heldoutSize`."""
     steps: int = 50
-    """Euler steps of `sampler.decompose`, as `sampler.evalSteps`."""
+    """Euler steps of `stable_layers.policy.decompose`, as `sampler.evalSteps`."""
     resolution: int = 64
     seed: int = 42
     """Design i uses seed + i for its initial noise (`eval.seed` + index, as the eval runner)."""

@@ -146,7 +146,7 @@ distribution trains the low-noise end less and scores worse there while decompos
 
 ## Held-out results
 {s["designs"]} held-out designs at {s["size"]} px, decomposed at the ground-truth layer count with
-`sampler.decompose` ({s["steps"]} Euler steps, resolution {s["resolution"]}, seed {s["seed"]} + index),
+`stable_layers.policy.decompose` ({s["steps"]} Euler steps, resolution {s["resolution"]}, seed {s["seed"]} + index),
 scored with the project's evaluation code (LayerD protocol at k = 0 edits; A.7 metrics).
 
 | method | LayerD RGB L1 k=0 ↓ | LayerD alpha IoU k=0 ↑ | recomposition PSNR dB ↑ | blank-layer rate | composite-duplicate rate |
