@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -10,8 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stable_layers.reward.base import Candidate, Group
-from stable_layers.spec import CRITERIA
+from stable_layers.reward import build_scorer
+from stable_layers.reward.base import Candidate, Group, GroupScore
+from stable_layers.spec import CRITERIA, RewardSpec
 
 SIZE = 32
 
@@ -87,3 +89,16 @@ def varied_answer():
         )
 
     return answer
+
+
+def score(spec: RewardSpec, group: Group) -> GroupScore:
+    """Score one group with a fresh scorer of `spec`, closing its client afterwards."""
+
+    async def run() -> GroupScore:
+        scorer = build_scorer(spec)
+        try:
+            return await scorer.score_group(group)
+        finally:
+            await scorer.aclose()
+
+    return asyncio.run(run())

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from reward_helpers import candidates_by_row, colour_judge, coloured_group, decode_image
+from reward_helpers import candidates_by_row, colour_judge, coloured_group, decode_image, score
 
 from stable_layers.reward import JudgeConfigError, build_scorer
 from stable_layers.reward.fake_server import FakeJudgeServer
@@ -33,17 +33,6 @@ def make_spec(srv: FakeJudgeServer, **openai_kw) -> RewardSpec:
     for k, v in openai_kw.items():
         setattr(spec.openai, k, v)
     return spec
-
-
-def score(spec: RewardSpec, group):
-    async def run():
-        scorer = build_scorer(spec)
-        try:
-            return await scorer.score_group(group)
-        finally:
-            await scorer.aclose()
-
-    return asyncio.run(run())
 
 
 def test_request_shape(server):

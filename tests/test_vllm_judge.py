@@ -8,7 +8,6 @@ carry no information about the candidates, which `judge-check`'s gate must notic
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -17,11 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 import vllm_judge as vj
+from reward_helpers import score
 from typer.testing import CliRunner
 
 from stable_layers import storage
 from stable_layers.cli import app
-from stable_layers.reward import Candidate, Group, build_scorer
+from stable_layers.reward import Candidate, Group
 from stable_layers.reward.group_io import save_group
 from stable_layers.reward.ladder import make_ladder
 from stable_layers.spec import RewardSpec, load_run_spec
@@ -49,17 +49,6 @@ def ladder_group(seed: int = 1, size: int = 64, kind: str = "defects") -> Group:
 def eight(seed: int = 2) -> Group:
     a, b = ladder_group(seed), ladder_group(seed, kind="separation")
     return Group(a.image_id, a.image, [*a.candidates, b.candidates[3]])
-
-
-def score(spec: RewardSpec, group: Group):
-    async def run():
-        scorer = build_scorer(spec)
-        try:
-            return await scorer.score_group(group)
-        finally:
-            await scorer.aclose()
-
-    return asyncio.run(run())
 
 
 def test_server_runs_the_operator_judge_arguments(vllm_judge):
